@@ -44,11 +44,12 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
               on_step: Callable | None = None, on_note: Callable[[str], None] = print, *,
               protocol: str = "standard", train_fraction: float | None = None, shots: int | None = None,
               seen: int | None = None, unseen: int | None = None, data_root: str | Path | None = None,
-              run_check: bool = True) -> dict:
+              run_check: bool = True, record: dict | None = None) -> dict:
     """Everything is validated (options, protocol, backbones, data, alignment) before the run directory exists.
 
     ``protocol`` and its options: see :mod:`medvtab.data.protocols`. ``data_root``: where registered real sets
-    are found (default: ``$MEDVTAB_DATA``, else ``shared/data`` beside the project).
+    are found (default: ``$MEDVTAB_DATA``, else ``shared/data`` beside the project). ``record``: extra fields
+    for config.json (``medvtab bench`` stores the run's spec there, so the directory lands in one step).
     """
     if train_cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise MedvtabError("option '--device': cuda requested but no CUDA device is available")
@@ -115,6 +116,7 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
             "splits_file": SPLITS_FILE, "notes": data.notes,
             "machine": {"python": platform.python_version(), "torch": torch.__version__,
                         "platform": platform.platform(), "threads": torch.get_num_threads()},
+            **(record or {}),
         }
         rundir.write_json(stage / rundir.CONFIG, run_config)
         rundir.write_json(stage / SPLITS_FILE, splits)

@@ -1,0 +1,1 @@
+"""Benchmark grids, the results store, executors and reports."""

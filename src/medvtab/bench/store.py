@@ -1,0 +1,115 @@
+"""The results store of a benchmark: one complete run directory per finished run, nothing else to keep in sync.
+
+Layout of a bench directory ``DIR``::
+
+    DIR/bench.json                 the grid as asked (suite, specs); rewritten atomically
+    DIR/runs/<run_id>/             a run directory exactly as ``medvtab train`` writes it; its config.json
+                                   holds the run's spec under "bench"
+
+A run is finished iff ``DIR/runs/<run_id>/metrics.json`` exists. Run directories are staged and renamed into
+place in one step, so a kill leaves either no directory or a complete one, and two workers finishing the same
+run cannot both land it (the second rename fails and its copy is dropped). ``run_id`` is a readable prefix and
+a hash of the spec, so the same (task, method, seed, config) always maps to the same directory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from medvtab.errors import MedvtabError
+
+RUNS, GRID_FILE, BENCH_KEY = "runs", "bench.json", "bench"
+
+
+class RunSpec(BaseModel):
+    """One cell of a grid: everything that decides a run's result."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    group: str = Field("main", description="which table or figure the run belongs to, e.g. main, patient-ood")
+    task: str
+    method: str
+    seed: int = 0
+    general: str = "tiny-general"
+    medical: str = "tiny-medical"
+    protocol: str = "standard"
+    train_fraction: float | None = None
+    shots: int | None = None
+    seen: int | None = None
+    unseen: int | None = None
+    train_size: int | None = None
+    options: dict = Field(default_factory=dict, description="method options (as --set KEY=VALUE)")
+    train: dict = Field(default_factory=dict, description="TrainConfig overrides: epochs, batch_size, lr, ...")
+
+    def key(self) -> str:
+        """Hash of everything but ``group`` (two tables may share one run)."""
+        body = json.dumps(self.model_dump(exclude={"group"}), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(body.encode()).hexdigest()[:12]
+
+    def run_id(self) -> str:
+        return f"{self.task}-{self.method}-s{self.seed}-{self.key()}".replace("/", "_")
+
+
+def run_dir(root: Path, spec: RunSpec) -> Path:
+    return Path(root) / RUNS / spec.run_id()
+
+
+def is_finished(root: Path, spec: RunSpec) -> bool:
+    return (run_dir(root, spec) / "metrics.json").is_file()
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MedvtabError(f"{path}: unreadable results file ({err})") from None
+
+
+def load_results(root: Path) -> list[dict]:
+    """Every finished run under ``root``: ``{"run_id", "dir", "spec": RunSpec dict, "metrics": dict,
+    "config": dict}``, sorted by run_id. Partial (staged) directories are ignored."""
+    runs = Path(root) / RUNS
+    if not runs.is_dir():
+        raise MedvtabError(f"{root}: no '{RUNS}/' folder; is this a `medvtab bench --out` directory?")
+    results = []
+    for d in sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not (d / "metrics.json").is_file():
+            continue
+        config = _read(d / "config.json")
+        if BENCH_KEY not in config:
+            raise MedvtabError(f"{d / 'config.json'}: no '{BENCH_KEY}' spec; not written by `medvtab bench`")
+        results.append({"run_id": d.name, "dir": d, "spec": config[BENCH_KEY], "config": config,
+                        "metrics": _read(d / "metrics.json")})
+    return results
+
+
+def write_grid(root: Path, suite: str, specs: list[RunSpec], **info) -> None:
+    """Record the grid as asked; a rerun with more specs (a larger grid) rewrites it."""
+    from medvtab.atomic import write_json
+    write_json(Path(root) / GRID_FILE, {"suite": suite, **info, "specs": [s.model_dump() for s in specs]})
+
+
+def read_grid(root: Path) -> tuple[dict, list[RunSpec]]:
+    """(the grid's info: suite and anything else recorded, its specs)."""
+    path = Path(root) / GRID_FILE
+    if not path.is_file():
+        raise MedvtabError(f"{path}: not found; is this a `medvtab bench --out` directory?")
+    grid = _read(path)
+    try:
+        specs = [RunSpec(**s) for s in grid.pop("specs")]
+    except (KeyError, TypeError, ValueError) as err:
+        raise MedvtabError(f"{path}: malformed grid ({str(err).splitlines()[0]})") from None
+    return grid, specs
+
+
+def grid_results(root: Path) -> list[dict]:
+    """Each spec of the grid (its own group kept, even where two groups share one run) with its run's
+    metrics, or ``None`` where the run has not finished: ``{"spec": RunSpec, "run_id", "metrics"}``."""
+    _, specs = read_grid(root)
+    out = []
+    for spec in specs:
+        metrics_file = run_dir(root, spec) / "metrics.json"
+        out.append({"spec": spec, "run_id": spec.run_id(),
+                    "metrics": _read(metrics_file) if metrics_file.is_file() else None})
+    return out
