@@ -30,7 +30,8 @@ from PIL import Image, UnidentifiedImageError
 
 from medvtab.errors import MedvtabError
 
-BUNDLED = {"pneumoniamnist": "pneumoniamnist_28.npz"}
+BUNDLED = {"retinamnist": "retinamnist_28.npz", "pneumoniamnist": "pneumoniamnist_28.npz",
+           "breastmnist": "breastmnist_28.npz", "kermany-cxr": "kermany_cxr_28.npz"}
 # Registered real sets (names in medvtab.data.registry) -> their file under the data root. A bundled copy
 # inside the package (BUNDLED) takes precedence.
 REAL_SETS = {
