@@ -90,7 +90,8 @@ def train(
                             on_note=lambda m: err_console.print(m, markup=False, highlight=False, soft_wrap=True),
                             protocol=protocol, train_fraction=train_fraction, shots=shots, seen=seen,
                             unseen=unseen, data_root=data_root, run_check=not no_check)
-    keys = ("task", "method", "seed", "protocol", "accuracy", "balanced_accuracy", "macro_f1", "auroc",
+    keys = ("task", "task_type", "method", "seed", "protocol", "accuracy", "balanced_accuracy", "macro_f1", "auroc",
+            "mean_ap", "exact_match", "per_label_auroc",
             "majority_rate", "trainable_params", "params_ratio", "eval_images_per_second", "train_seconds",
             "split_sizes", "split_patients", "seen", "unseen")
     print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
@@ -101,22 +102,29 @@ def predict(
     run: Path = typer.Option(..., help="A run directory written by `medvtab train`."),
     images: List[Path] = typer.Argument(..., help="Image files (PNG, JPEG, ...)."),
 ):
-    """Print class probabilities for each image, one JSON object per line."""
+    """Print class probabilities for each image, one JSON object per line (multi-label: per-label
+    probabilities, and every label at or above 0.5 as the prediction)."""
     import numpy as np
     import torch
 
     from medvtab.data.tasks import read_image
+    from medvtab.engine.loop import to_probs
+    from medvtab.engine.metrics import THRESHOLD
     from medvtab.engine.run import load_run
 
     model, config, class_names = load_run(run)
     size = max(b["input_size"] for b in config["backbones"])
     for path in images:
         arr = read_image(path, size)
-        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).unsqueeze(0)
+        x = torch.from_numpy(np.array(arr)).permute(2, 0, 1).unsqueeze(0)  # a writable copy
+        multi_label = config.get("task_type") == "multi-label"
         with torch.inference_mode():
-            probs = model(x).float().softmax(-1)[0].tolist()
-        best = max(range(len(probs)), key=probs.__getitem__)
-        print(json.dumps({"image": str(path), "prediction": class_names[best],
+            probs = to_probs(model(x).float(), multi_label)[0].tolist()
+        if multi_label:  # every label at or above the threshold
+            prediction = [c for c, p in zip(class_names, probs) if p >= THRESHOLD]
+        else:
+            prediction = class_names[max(range(len(probs)), key=probs.__getitem__)]
+        print(json.dumps({"image": str(path), "prediction": prediction,
                           "probabilities": {c: round(p, 6) for c, p in zip(class_names, probs)}}))
 
 

@@ -166,20 +166,13 @@ def test_csv_split_column_and_missing_image(tmp_path, real):
     no_leftovers(tmp_path / "bad")
 
 
-def test_multi_label_csv_is_refused(tmp_path, real):
+def test_one_hot_csv_columns_are_single_label(tmp_path, real):
     images, _ = real
     raw = tmp_path / "raw"
     raw.mkdir()
     for i in range(4):
         Image.fromarray(images[i]).save(raw / f"{i}.png")
-    write_csv(raw / "labels.csv", ["image", "effusion", "nodule", "atelectasis"],
-              [["0.png", 1, 1, 0], ["1.png", 0, 1, 0], ["2.png", 0, 0, 1], ["3.png", 1, 0, 1]])
     out = tmp_path / "prep"
-    with pytest.raises(MedvtabError, match="3 label columns .* multi-label tasks are not supported yet"):
-        prepare("ml", raw, out, layout="csv", image_size=SIZE)
-    with pytest.raises(MedvtabError, match="multi-label tasks are not supported yet"):
-        prepare("ml", raw, out, layout="csv", image_size=SIZE, label_column="effusion,nodule")
-    no_leftovers(out)
     # one-hot columns with exactly one 1 per row are single-label: read as such
     write_csv(raw / "labels.csv", ["image", "MEL", "NV"], [["0.png", 1, 0], ["1.png", 0, 1], ["2.png", 0, 1],
                                                            ["3.png", 1, 0]])

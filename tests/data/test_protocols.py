@@ -6,7 +6,6 @@ copy is always there. Patient checks are made against the raw ``.npz`` arrays, n
 """
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -276,25 +275,27 @@ def test_splits_record_of_patient_ood_counts_patients(kermany_ood):
 # --- task names under a data root -----------------------------------------------------------------------
 
 def test_registered_names_resolve_under_the_data_root(tmp_path, monkeypatch):
-    source = need(SHARED / "medmnist" / "breastmnist_28.npz")
-    (tmp_path / "medmnist").mkdir()
-    shutil.copy(source, tmp_path / "medmnist" / "breastmnist_28.npz")
-    data = load_task("breastmnist", data_root=tmp_path)
-    assert data.name == "breastmnist" and data.sizes() == {"train": 546, "val": 78, "test": 156}
-    monkeypatch.setenv("MEDVTAB_DATA", str(tmp_path))
-    assert load_task("BreastMNIST").source == str(tmp_path / "medmnist" / "breastmnist_28.npz")
+    """pbc is the one registered real set not bundled: it resolves under --data-root / $MEDVTAB_DATA."""
+    source = need(SHARED / "pbc" / "pbc_28.npz")
     with pytest.raises(MedvtabError, match=rf"task 'pbc': not found under data root {tmp_path} "
                                            rf"\(expected {tmp_path / 'pbc' / 'pbc_28.npz'}\)"):
-        load_task("pbc")
-    # the bundled copy wins over the data root (which has none here)
-    assert load_task("pneumoniamnist").source == str(bundled_path("pneumoniamnist"))
+        load_task("pbc", data_root=tmp_path)
+    (tmp_path / "pbc").mkdir()
+    (tmp_path / "pbc" / "pbc_28.npz").symlink_to(source)
+    data = load_task("PBC", data_root=tmp_path)
+    assert data.name == "pbc" and data.sizes() == {"train": 11965, "val": 1708, "test": 3419}
+    monkeypatch.setenv("MEDVTAB_DATA", str(tmp_path))
+    assert load_task("pbc").source == str(tmp_path / "pbc" / "pbc_28.npz")
+    # the bundled copies win over the data root
+    for name in ("retinamnist", "pneumoniamnist", "breastmnist", "kermany-cxr"):
+        assert load_task(name).source == str(bundled_path(name))
 
 
 def test_no_data_root_is_a_named_error(monkeypatch):
     monkeypatch.delenv("MEDVTAB_DATA", raising=False)
     monkeypatch.setattr(tasks, "default_data_root", lambda: None)
-    with pytest.raises(MedvtabError, match=r"task 'kermany-cxr'.*--data-root.*kermany_cxr/kermany_cxr_28\.npz"):
-        load_task("kermany-cxr")
+    with pytest.raises(MedvtabError, match=r"task 'pbc'.*--data-root.*pbc/pbc_28\.npz"):
+        load_task("pbc")
 
 
 def test_default_data_root_is_shared_data_beside_the_project(monkeypatch):
@@ -302,7 +303,7 @@ def test_default_data_root_is_shared_data_beside_the_project(monkeypatch):
     if not SHARED.is_dir():
         pytest.skip("../shared/data absent")
     assert tasks.default_data_root() == SHARED
-    assert load_task("kermany-cxr").source == str(KERMANY)
+    assert load_task("pbc").source == str(SHARED / "pbc" / "pbc_28.npz")
 
 
 # --- option checks ------------------------------------------------------------------------------------

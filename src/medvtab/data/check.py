@@ -215,8 +215,11 @@ def _leak_pairs(names) -> list[tuple[str, str]]:
 def _check_labels(data: TaskData, report: CheckReport) -> None:
     k = data.num_classes
     for name, split in _splits(data).items():
-        labels = np.asarray(split.labels)
-        bad = (labels < 0) | (labels >= k)
+        labels = np.asarray(split.labels if split.targets is None else split.targets)
+        if split.targets is not None:  # multi-label: k labels, each 1 / 0 / -1 (the loader refuses the rest)
+            bad = ~np.isin(labels, (-1, 0, 1)) | (labels.shape[1] != k)
+        else:
+            bad = (labels < 0) | (labels >= k)
         if bad.any():
             values = sorted(set(labels[bad].tolist()))
             report.findings.append(Finding(
@@ -229,15 +232,18 @@ def _check_labels(data: TaskData, report: CheckReport) -> None:
     report.ran.append("labels in range")
 
 
-def _counts(labels: np.ndarray, k: int) -> np.ndarray:
-    labels = np.asarray(labels)
+def _counts(split, k: int) -> np.ndarray:
+    """Images per class; for a multi-label task, positive images per label."""
+    if split.targets is not None:
+        return (np.asarray(split.targets) == 1).sum(0)[:k]
+    labels = np.asarray(split.labels)
     labels = labels[(labels >= 0) & (labels < k)]
     return np.bincount(labels, minlength=k)[:k]
 
 
 def _check_classes(data: TaskData, report: CheckReport) -> None:
     k = data.num_classes
-    counts = {name: _counts(split.labels, k) for name, split in _splits(data).items()}
+    counts = {name: _counts(split, k) for name, split in _splits(data).items()}
     train = counts["train"]
     empty = np.flatnonzero(train == 0)
     if len(empty):
@@ -290,8 +296,9 @@ def _check_duplicates(data: TaskData, report: CheckReport) -> None:
         for i, image in enumerate(split.images):
             where[image_digest(image)][name].append(i)
 
-    def label(split: str, i: int) -> int:
-        return int(splits[split].labels[i])
+    def label(split: str, i: int):
+        s = splits[split]
+        return int(s.labels[i]) if s.targets is None else tuple(s.targets[i].tolist())
 
     pairs_of = {d: [(a, b) for a, b in _leak_pairs(splits) if a in w and b in w] for d, w in where.items()}
     stats = {}

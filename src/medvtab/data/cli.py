@@ -86,16 +86,20 @@ def prepare(
     image_size: int = typer.Option(224, min=1, help="Every image is resized to this (square)."),
     csv_file: Optional[Path] = typer.Option(None, "--csv", help="csv layout: the label file (default "
                                                                 "SRC/labels.csv)."),
-    label_column: Optional[str] = typer.Option(None, help="csv layout: the (single) label column."),
+    label_column: Optional[str] = typer.Option(None, help="csv layout: the label column, or A,B,C: the label "
+                                                          "columns of a multi-label task."),
     image_column: Optional[str] = typer.Option(None, help="csv layout: the image path column (relative to SRC)."),
     patient_column: Optional[str] = typer.Option(None, help="csv layout: the patient id column."),
     split_column: Optional[str] = typer.Option(None, help="csv layout: the split column (train/val/test)."),
     window: str = typer.Option("40,400", help="dicom layout: CT window 'center,width' (HU)."),
     slices: int = typer.Option(8, min=1, help="nifti layout: the middle K axial slices of each volume."),
+    uncertain: str = typer.Option("ignore", help="csv multi-label: CheXpert's uncertain (-1) marks: ignore (kept "
+                                                 "as unknown, masked from loss and metrics), zeros or ones."),
 ):
     """Convert a raw download into a prepared directory (task.json, manifest.csv, images_<size>.npy).
 
-    Images are decoded once; `medvtab train DIR` then reads them memory-mapped. Single-label tasks only.
+    Images are decoded once; `medvtab train DIR` then reads them memory-mapped. Multi-label CSVs (several
+    label columns, or labels joined by | or ;) give a multi-label task.
     """
     from medvtab.data.convert import prepare as run_prepare
     from medvtab.errors import MedvtabError
@@ -106,6 +110,8 @@ def prepare(
         raise MedvtabError(f"option '--window': expected 'center,width' (e.g. 40,400), got '{window}'") from None
     meta = run_prepare(task, src, out, layout=layout, image_size=image_size, csv_path=csv_file,
                        label_column=label_column, image_column=image_column, patient_column=patient_column,
-                       split_column=split_column, window=(centre, width), slices=slices)
-    print(f"prepared {meta['name']}: {meta['images']} images, {meta['num_classes']} classes, "
+                       split_column=split_column, window=(centre, width), slices=slices,
+                       uncertain=uncertain)
+    kind = "labels (multi-label)" if meta["task_type"] == "multi-label" else "classes"
+    print(f"prepared {meta['name']}: {meta['images']} images, {meta['num_classes']} {kind}, "
           f"{meta['image_size']}x{meta['image_size']}x{meta['channels']} ({meta['layout']}) -> {out}")

@@ -1,13 +1,19 @@
 """``medvtab data prepare``: convert a raw download into a prepared directory (:mod:`medvtab.data.manifest`).
 
-Single-label classification only: multi-label sources (a registry task of type multi-label, a CSV with
-several label columns or several labels on a row) are refused. Layouts:
+Layouts:
 
 - ``imagefolder``: ``RAW/CLASS/**/*.png`` (any image suffix) or ``RAW/{train,val,test}/CLASS/**``.
 - ``csv``: ``RAW/labels.csv`` (or ``--csv``) naming each image (relative to RAW; a missing suffix is tried
   with the usual image suffixes) and its label; optional patient and split columns. Without
-  ``--label-column``: a column ``label``, else the only column left over; several 0/1 columns are read as
-  one-hot (exactly one 1 per row), otherwise refused as multi-label.
+  ``--label-column``: a column ``label``, else the only column left over; several 0/1 columns with exactly
+  one 1 per row are read as one-hot (single-label). Multi-label (``task_type: multi-label``): several label
+  columns (``--label-column A,B,C``, or found by themselves: every left-over column holds only 1, 0, -1 or
+  blank and some row has not exactly one 1), or one column of labels joined by ``|`` or ``;`` (NIH
+  ChestX-ray14's "Atelectasis|Effusion"; each distinct name becomes a label). CheXpert's marks are read as
+  CheXpert defines them: 1 positive, 0 negative, blank not mentioned (read as negative), -1 uncertain; the
+  uncertain policy ``--uncertain`` (Irvin et al. 2019) is ``ignore`` (default: kept as -1, masked out of
+  the loss and the metrics), ``zeros`` (U-Zeros: negative) or ``ones`` (U-Ones: positive). Without a patient
+  column, a path component ``patientNNNNN`` (CheXpert's layout) is the patient id and ``studyN`` the study.
 - ``npz``: a MedMNIST-style or pooled ``.npz`` (read as :func:`medvtab.data.tasks.load_task` reads it).
 - ``dicom``: ``RAW/CLASS/**/*.dcm`` (or ``RAW/{train,val,test}/CLASS/**``), read with pydicom. Policy:
   pixel values go through RescaleSlope / RescaleIntercept; CT (Modality CT) is windowed (``--window
@@ -28,6 +34,7 @@ the source mixes grey and colour (then all become RGB). Unreadable files raise M
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,10 +59,14 @@ STUDY_COLUMNS = ("study_id", "study")
 MAX_NAMED = 5
 
 
+UNCERTAIN_POLICIES = ("ignore", "zeros", "ones")
+MULTI_SEPARATORS = "|;"
+
+
 @dataclass
 class Item:
     source_path: str
-    label: str | int
+    label: str | int | tuple[int, ...]  # a tuple of 1 / 0 / -1 for a multi-label task
     patient_id: str = ""
     study_id: str = ""
     split: str = ""
@@ -250,12 +261,24 @@ def _pick(header: list[str], given: str | None, candidates, what: str, required:
     return None
 
 
-def _binary(values: list[str]) -> bool:
-    return all(v.strip() in ("0", "1", "0.0", "1.0", "") for v in values)
+MARKS = {"1": 1, "1.0": 1, "0": 0, "0.0": 0, "": 0, "-1": -1, "-1.0": -1}
+
+
+def _ternary(value: str | None) -> bool:
+    return (value or "").strip() in MARKS
+
+
+def _mark(value: str | None) -> int:
+    """A CheXpert-style mark: 1 positive, 0 negative, blank not mentioned (negative), -1 uncertain."""
+    return MARKS[(value or "").strip()]
+
+
+def _component(rel: str, pattern: str) -> str:
+    return next((part for part in Path(rel).parts if re.fullmatch(pattern, part, re.IGNORECASE)), "")
 
 
 def _csv(src: Path, size: int, csv_path=None, label_column=None, image_column=None, patient_column=None,
-         split_column=None, window=DEFAULT_WINDOW, **_) -> tuple[list[Item], list[np.ndarray], dict]:
+         split_column=None, window=DEFAULT_WINDOW, uncertain="ignore", **_) -> tuple[list[Item], list[np.ndarray], dict]:
     file = Path(csv_path) if csv_path is not None else src / "labels.csv"
     if not file.is_file():
         raise MedvtabError(f"{file}: no such CSV file (pass --csv FILE)")
@@ -268,15 +291,21 @@ def _csv(src: Path, size: int, csv_path=None, label_column=None, image_column=No
         raise MedvtabError(f"{file}: not a readable CSV ({str(err).splitlines()[0][:120]})") from None
     if not rows:
         raise MedvtabError(f"{file}: no rows")
-    if label_column is not None and "," in label_column:
-        raise MedvtabError(f"option '--label-column': several label columns ({label_column}): multi-label tasks "
-                           f"are not supported yet")
     image_col = _pick(header, image_column, IMAGE_COLUMNS, "image", True)
     patient_col = _pick(header, patient_column, PATIENT_COLUMNS, "patient", False)
     split_col = _pick(header, split_column, SPLIT_COLUMNS, "split", False)
     study_col = _pick(header, None, STUDY_COLUMNS, "study", False)
-    one_hot = None
-    if label_column is not None:
+    if uncertain not in UNCERTAIN_POLICIES:
+        raise MedvtabError(f"option '--uncertain': '{uncertain}' is not one of {', '.join(UNCERTAIN_POLICIES)}")
+    one_hot, multi_columns, label_col = None, None, None
+    if label_column is not None and "," in label_column:
+        multi_columns = [c.strip() for c in label_column.split(",") if c.strip()]
+        for c in multi_columns:
+            _pick(header, c, (), "label", True)
+        bad = next(((c, r[c]) for r in rows for c in multi_columns if not _ternary(r[c])), None)
+        if bad:
+            raise MedvtabError(f"{file}: multi-label column '{bad[0]}' holds '{bad[1]}'; expected 1, 0, -1 or blank")
+    elif label_column is not None:
         label_col = _pick(header, label_column, (), "label", True)
     elif "label" in {h.lower() for h in header}:
         label_col = _pick(header, None, ("label",), "label", True)
@@ -284,27 +313,33 @@ def _csv(src: Path, size: int, csv_path=None, label_column=None, image_column=No
         rest = [h for h in header if h not in (image_col, patient_col, split_col, study_col)]
         if len(rest) == 1:
             label_col = rest[0]
-        elif len(rest) > 1 and all(_binary([r[h] or "" for r in rows]) for h in rest):
-            positives = [sum(float(r[h] or 0) == 1 for h in rest) for r in rows]
-            if any(p != 1 for p in positives):
-                raise MedvtabError(f"{file}: {len(rest)} label columns ({', '.join(rest[:6])}) with rows of "
-                                   f"{max(positives)} labels: multi-label tasks are not supported yet")
-            label_col, one_hot = None, rest
+        elif len(rest) > 1 and all(_ternary(r[h]) for r in rows for h in rest):
+            single = all(sum(_mark(r[h]) == 1 for h in rest) == 1 and all(_mark(r[h]) != -1 for h in rest)
+                         for r in rows)
+            one_hot, multi_columns = (rest, None) if single else (None, rest)
         else:
-            raise MedvtabError(f"{file}: cannot tell the label column among {', '.join(rest)}; pass "
-                               f"--label-column (one column: multi-label tasks are not supported yet)")
-    if label_col is not None:
-        multi = next((r[label_col] for r in rows if any(s in (r[label_col] or "") for s in "|;")), None)
-        if multi is not None:
-            raise MedvtabError(f"{file}: label '{multi}' in column '{label_col}' holds several labels: multi-label "
-                               f"tasks are not supported yet")
+            raise MedvtabError(f"{file}: cannot tell the label column(s) among {', '.join(rest)}; pass "
+                               f"--label-column NAME (or A,B,C for a multi-label task)")
+    label_names = multi_columns
+    if label_col is not None and any(sep in (r[label_col] or "") for r in rows for sep in MULTI_SEPARATORS):
+        label_names = sorted({t.strip() for r in rows for t in re.split(r"[|;]", r[label_col] or "") if t.strip()})
+    fill = {"ignore": -1, "zeros": 0, "ones": 1}[uncertain]
+
+    def label_of(r: dict):
+        if multi_columns:
+            return tuple(fill if m == -1 else m for m in (_mark(r[c]) for c in multi_columns))
+        if one_hot:
+            return one_hot[[_mark(r[h]) == 1 for h in one_hot].index(True)]
+        value = (r[label_col] or "").strip()
+        if label_names:  # one column of joined names: a row without any is "no finding" (all negative)
+            tokens = {t.strip() for t in re.split(r"[|;]", value)}
+            return tuple(int(name in tokens) for name in label_names)
+        return value
+
     items, images = [], []
     for n, r in enumerate(rows, start=2):
         rel = (r[image_col] or "").strip()
-        if one_hot:
-            label = one_hot[[float(r[h] or 0) == 1 for h in one_hot].index(True)]
-        else:
-            label = (r[label_col] or "").strip()
+        label = label_of(r)
         if not rel or label == "":
             raise MedvtabError(f"{file}: line {n}: empty image or label")
         path = src / rel
@@ -318,8 +353,8 @@ def _csv(src: Path, size: int, csv_path=None, label_column=None, image_column=No
             split = SPLIT_NAMES.get(r[split_col].strip().lower())
             if split is None:
                 raise MedvtabError(f"{file}: line {n}: split '{r[split_col]}' is not train, val or test")
-        pid = (r[patient_col] or "").strip() if patient_col else ""
-        study = (r[study_col] or "").strip() if study_col else ""
+        pid = (r[patient_col] or "").strip() if patient_col else _component(rel, r"patient\d+")
+        study = (r[study_col] or "").strip() if study_col else _component(rel, r"study\d+")
         if path.suffix.lower() == ".dcm":
             arr, dpid, dstudy = read_dicom(path, window)
             image, pid, study = _resize(arr, size), pid or dpid, study or dstudy
@@ -329,6 +364,9 @@ def _csv(src: Path, size: int, csv_path=None, label_column=None, image_column=No
         items.append(Item(path.relative_to(src).as_posix(), label, pid, study, split))
     policy = {"csv": str(file), "image_column": image_col, "label_column": label_col, "one_hot_columns": one_hot,
               "patient_column": patient_col, "split_column": split_col, "resize": "bilinear"}
+    if label_names:
+        policy.update(multi_label_columns=multi_columns, label_names=label_names, uncertain=uncertain,
+                      blank="negative (not mentioned)")
     return items, images, policy
 
 
@@ -362,7 +400,8 @@ def _classes(labels: list, registry_names: list[str] | None, given_names) -> tup
 def prepare(task: str, src: str | Path, out: str | Path, *, layout: str | None = None, image_size: int = 224,
             csv_path: str | Path | None = None, label_column: str | None = None, image_column: str | None = None,
             patient_column: str | None = None, split_column: str | None = None,
-            window: tuple[float, float] = DEFAULT_WINDOW, slices: int = DEFAULT_SLICES) -> dict:
+            window: tuple[float, float] = DEFAULT_WINDOW, slices: int = DEFAULT_SLICES,
+            uncertain: str = "ignore") -> dict:
     """Convert ``src`` into the prepared directory ``out``; returns its task.json. See the module docstring."""
     from medvtab.data.registry import get_task, task_dict
 
@@ -371,8 +410,6 @@ def prepare(task: str, src: str | Path, out: str | Path, *, layout: str | None =
         info = get_task(task)
     except MedvtabError:
         info = None
-    if info is not None and info.task_type == "multi-label":
-        raise MedvtabError(f"task '{info.name}' is multi-label: multi-label tasks are not supported yet")
     if layout is None:
         if info is None:
             raise MedvtabError(f"task '{task}' is not registered: pass --layout ({', '.join(LAYOUTS)})")
@@ -393,7 +430,8 @@ def prepare(task: str, src: str | Path, out: str | Path, *, layout: str | None =
 
     items, images, policy = READERS[layout](src, image_size, csv_path=csv_path, label_column=label_column,
                                             image_column=image_column, patient_column=patient_column,
-                                            split_column=split_column, window=tuple(window), slices=slices)
+                                            split_column=split_column, window=tuple(window), slices=slices,
+                                            uncertain=uncertain)
     if not items:
         raise MedvtabError(f"{src}: no images found")
     splits = [it.split for it in items]
@@ -403,19 +441,28 @@ def prepare(task: str, src: str | Path, out: str | Path, *, layout: str | None =
     order = sorted(range(len(items)), key=lambda i: ("train", "val", "test").index(splits[i])) if all(splits) \
         else list(range(len(items)))
     items, images = [items[i] for i in order], [images[i] for i in order]
-    labels, class_names = _classes([it.label for it in items], info.class_names if info else None,
-                                   policy.pop("class_names", None))
+    multi = "label_names" in policy
+    if multi:
+        labels, class_names = np.array([it.label for it in items], dtype=np.int8), list(policy["label_names"])
+    else:
+        labels, class_names = _classes([it.label for it in items], info.class_names if info else None,
+                                       policy.pop("class_names", None))
+    if info is not None and info.task_type == "multi-label" and not multi:
+        raise MedvtabError(f"task '{info.name}' is multi-label but {src} gave one label per image; pass the label "
+                           f"columns with --label-column A,B,C")
     if len(class_names) < 2:
         raise MedvtabError(f"{src}: need at least 2 classes, found {len(class_names)}")
     channels = {im.shape[-1] for im in images}
     if len(channels) > 1:  # mixed grey and colour: promote all to RGB
         images = [np.repeat(im, 3, -1) if im.shape[-1] == 1 else im for im in images]
-    meta = {"name": info.name if info else task, "num_classes": len(class_names), "class_names": class_names,
+    meta = {"name": info.name if info else task, "task_type": "multi-label" if multi else "multi-class",
+            "num_classes": len(class_names), "class_names": class_names,
             "source": str(src.resolve()), "layout": layout, "image_size": image_size,
             "channels": max(channels), "images": len(items),
             "patients": len({it.patient_id for it in items if it.patient_id}) or None,
             "registry": task_dict(info) if info else None, "policy": policy}
-    rows = [{"index": i, "source_path": it.source_path, "label": int(y), "patient_id": it.patient_id,
+    rows = [{"index": i, "source_path": it.source_path,
+             "label": ";".join(str(int(v)) for v in y) if multi else int(y), "patient_id": it.patient_id,
              "study_id": it.study_id, "split": it.split} for i, (it, y) in enumerate(zip(items, labels))]
     with staged_run_dir(out) as stage:
         manifest.write_prepared(stage, meta, rows, images)

@@ -6,6 +6,8 @@ A prepared directory holds:
 - ``task.json``: name, num_classes, class_names, source, layout, image_size, channels, the registry
   metadata (``registry``, where the task is registered) and the conversion ``policy`` used.
 - ``manifest.csv``: one row per image, columns ``index, source_path, label, patient_id, study_id, split``.
+  ``label`` is a class index; for a multi-label task (``task.json`` ``task_type: multi-label``) it is one
+  value per label joined by ``;`` (1 positive, 0 negative, -1 unknown), e.g. ``1;0;-1``.
   ``source_path`` is relative to the raw source (``--src``); ``patient_id`` / ``study_id`` may be empty;
   ``split`` is train / val / test for every row, or empty for every row (the pool is then split by
   :func:`load_task` as a pooled .npz is: 70/10/20, patient-disjoint where every row has a patient id).
@@ -90,11 +92,22 @@ def read_manifest(path: Path) -> list[dict]:
         raise MedvtabError(f"{file}: not a readable CSV ({str(err).splitlines()[0][:120]})") from None
 
 
+def _multilabel_rows(path: Path, rows: list[dict], width: int) -> np.ndarray:
+    try:
+        targets = np.array([[int(v) for v in r["label"].split(";")] for r in rows], dtype=np.int8).reshape(-1, width)
+    except ValueError:
+        raise MedvtabError(f"{path / MANIFEST}: multi-label 'label' must be {width} values 1 / 0 / -1 joined by ';' "
+                           f"on every row") from None
+    if not np.isin(targets, (-1, 0, 1)).all():
+        raise MedvtabError(f"{path / MANIFEST}: multi-label 'label' values must be 1, 0 or -1")
+    return targets
+
+
 def load_prepared(path: Path):
     """``(name, parts)`` where parts is as :func:`medvtab.data.tasks._load_npz` returns: ``train`` / ``val`` /
     ``test`` splits (from the manifest's split column) or a ``pool``, plus ``class_names``. Images stay
     memory-mapped (splits are contiguous row ranges, so they are views of the map)."""
-    from medvtab.data.tasks import Split
+    from medvtab.data.tasks import Split, multilabel_split
 
     path = Path(path)
     meta, rows = read_meta(path), read_manifest(path)
@@ -107,16 +120,26 @@ def load_prepared(path: Path):
         raise MedvtabError(f"{npy}: expected uint8 (N, H, W, 1|3), got {images.dtype} {images.shape}")
     if len(images) != len(rows):
         raise MedvtabError(f"{path}: {len(rows)} manifest rows for {len(images)} images")
-    try:
-        labels = np.array([int(r["label"]) for r in rows], dtype=np.int64)
-    except ValueError:
-        raise MedvtabError(f"{path / MANIFEST}: 'label' must be integer class indices") from None
+    multi = meta.get("task_type") == "multi-label"
     pids = [r["patient_id"] for r in rows]
     patient_ids = np.array(pids, dtype=str) if rows and all(pids) else None
+    if multi:
+        targets = _multilabel_rows(path, rows, len(meta["class_names"]))
+
+        def make(sl, pid):
+            return multilabel_split(images[sl], targets[sl], pid)
+    else:
+        try:
+            labels = np.array([int(r["label"]) for r in rows], dtype=np.int64)
+        except ValueError:
+            raise MedvtabError(f"{path / MANIFEST}: 'label' must be integer class indices") from None
+
+        def make(sl, pid):
+            return Split(images[sl], labels[sl], pid)
     splits = [r["split"].strip().lower() for r in rows]
     parts: dict = {"class_names": [str(c) for c in meta["class_names"]]}
     if not any(splits):
-        parts["pool"] = Split(images, labels, patient_ids)
+        parts["pool"] = make(slice(None), patient_ids)
         return meta["name"], parts
     if not all(splits) or set(splits) - set(SPLITS):
         raise MedvtabError(f"{path / MANIFEST}: 'split' must be train/val/test on every row or empty on every row")
@@ -127,7 +150,7 @@ def load_prepared(path: Path):
             raise MedvtabError(f"{path / MANIFEST}: rows must be ordered train, val, test")
         if n:
             sl = slice(start, start + n)
-            parts[name] = Split(images[sl], labels[sl], None if patient_ids is None else patient_ids[sl])
+            parts[name] = make(sl, None if patient_ids is None else patient_ids[sl])
         start += n
     if "train" not in parts:
         raise MedvtabError(f"{path / MANIFEST}: no 'train' rows")

@@ -12,6 +12,11 @@ Two ``.npz`` layouts are read:
   train/val/test, seeded and stratified; with patient ids the split is patient-disjoint (every image of a
   patient lands in one split, patients stratified by their majority label).
 
+Multi-label sources (labels of shape ``(N, L)`` with ``L > 1``, values 1 positive, 0 negative, -1 unknown:
+ignored by the loss and the metrics) keep those rows as ``Split.targets``; ``Split.labels`` then holds each
+image's *stratum* (its first positive label, or ``L`` where it has none), which every split, subsample and
+protocol stratifies on, as it stratifies on the class of a single-label task.
+
 Every image keeps its position in the source *pool* (``Split.index``): the source's splits concatenated in
 the order train, val, test (a pooled file: its rows; an ImageFolder: its files, sorted by class then path).
 :mod:`medvtab.data.protocols` builds evaluation protocols on top of that and records the positions.
@@ -52,14 +57,21 @@ class Split:
     labels: np.ndarray
     patient_ids: np.ndarray | None = None  # one id (str) per image; None where the source has none
     index: np.ndarray | None = None  # each image's position in the source pool; None where untracked
+    targets: np.ndarray | None = None  # multi-label tasks: (N, L) int8 of 1 / 0 / -1 (unknown); else None
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def y(self) -> np.ndarray:
+        """What the model is trained and scored on: class indices (N,), or multi-label targets (N, L)."""
+        return self.labels if self.targets is None else self.targets
+
     def subset(self, index: np.ndarray) -> "Split":
         return Split(self.images[index], self.labels[index],
                      None if self.patient_ids is None else self.patient_ids[index],
-                     None if self.index is None else self.index[index])
+                     None if self.index is None else self.index[index],
+                     None if self.targets is None else self.targets[index])
 
     @property
     def num_patients(self) -> int | None:
@@ -70,12 +82,13 @@ def merge_splits(*splits: Split) -> Split:
     """One split holding every image of ``splits``, ordered by pool position (where tracked)."""
     pids = None if any(s.patient_ids is None for s in splits) else np.concatenate([s.patient_ids for s in splits])
     index = None if any(s.index is None for s in splits) else np.concatenate([s.index for s in splits])
+    targets = None if any(s.targets is None for s in splits) else np.concatenate([s.targets for s in splits])
     images = [s.images for s in splits]
     if len({im.shape[-1] for im in images}) > 1:  # grey and colour splits: promote all to RGB
         images = [np.repeat(im, 3, -1) if im.shape[-1] == 1 else im for im in images]
     if len({im.shape[1:] for im in images}) > 1:
         raise MedvtabError(f"cannot pool splits of different image shapes {sorted({im.shape[1:] for im in images})}")
-    merged = Split(np.concatenate(images), np.concatenate([s.labels for s in splits]), pids, index)
+    merged = Split(np.concatenate(images), np.concatenate([s.labels for s in splits]), pids, index, targets)
     return merged if index is None else merged.subset(np.argsort(index, kind="stable"))
 
 
@@ -91,6 +104,14 @@ class TaskData:
     notes: list[str] = field(default_factory=list)
     pool_sizes: dict[str, int] = field(default_factory=dict)  # source split -> images, in pool order
     extra_tests: dict[str, Split] = field(default_factory=dict)  # further test sets (patient-ood: "unseen")
+
+    @property
+    def multi_label(self) -> bool:
+        return self.train.targets is not None
+
+    @property
+    def task_type(self) -> str:
+        return "multi-label" if self.multi_label else "multi-class"
 
     def splits(self) -> dict[str, Split]:
         return {"train": self.train, "val": self.val, "test": self.test, **self.extra_tests}
@@ -226,8 +247,21 @@ def partition(labels: np.ndarray, fractions, rng: np.random.Generator,
     return [np.flatnonzero(part == k) for k in range(len(edges))]
 
 
+def multilabel_strata(targets: np.ndarray) -> np.ndarray:
+    """Each row's first positive label, or ``L`` (the number of labels) where it has none."""
+    positive = np.asarray(targets) == 1
+    return np.where(positive.any(1), positive.argmax(1), positive.shape[1]).astype(np.int64)
+
+
+def multilabel_split(images: np.ndarray, targets, patient_ids=None) -> Split:
+    """A multi-label split: ``targets`` (N, L) of 1 / 0 / -1, stratified by :func:`multilabel_strata`."""
+    targets = np.asarray(targets, dtype=np.int8)
+    return Split(images, multilabel_strata(targets), patient_ids, None, targets)
+
+
 def _check_split(name: str, images, labels, source: str, patient_ids=None) -> Split:
-    """``name``: the key prefix, "train_" ... or "" for a pooled file."""
+    """``name``: the key prefix, "train_" ... or "" for a pooled file. Labels of shape (N, L > 1) are
+    multi-label targets (1 / 0 / -1)."""
     if images.dtype != np.uint8:
         raise MedvtabError(f"{source}: '{name}images' must be uint8, got {images.dtype}")
     if images.ndim == 3:
@@ -237,12 +271,20 @@ def _check_split(name: str, images, labels, source: str, patient_ids=None) -> Sp
                            f"got {images.shape}")
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    multi = labels.ndim == 2 and labels.shape[1] > 1
+    if multi and np.issubdtype(labels.dtype, np.integer) and not np.isin(labels, (-1, 0, 1)).all():
+        raise MedvtabError(f"{source}: '{name}labels' of shape {labels.shape} is read as multi-label and must "
+                           f"hold 1 (positive), 0 (negative) or -1 (unknown), found "
+                           f"{sorted(set(np.unique(labels).tolist()) - {-1, 0, 1})[:5]}")
+    if not multi and (labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer)):
         raise MedvtabError(f"{source}: '{name}labels' must be integer class indices of shape (N,) or (N, 1), "
-                           f"got {labels.dtype} {labels.shape}")
+                           f"or multi-label 1/0/-1 of shape (N, L), got {labels.dtype} {labels.shape}")
+    if multi and not np.issubdtype(labels.dtype, np.integer):
+        raise MedvtabError(f"{source}: '{name}labels' (multi-label, shape {labels.shape}) must be integers "
+                           f"1 / 0 / -1, got {labels.dtype}")
     if len(labels) != len(images):
         raise MedvtabError(f"{source}: '{name}labels' has {len(labels)} entries for {len(images)} images")
-    if len(labels) and labels.min() < 0:
+    if not multi and len(labels) and labels.min() < 0:
         raise MedvtabError(f"{source}: '{name}labels' has negative label {labels.min()}")
     if patient_ids is not None:
         patient_ids = np.asarray(patient_ids)
@@ -250,6 +292,8 @@ def _check_split(name: str, images, labels, source: str, patient_ids=None) -> Sp
             raise MedvtabError(f"{source}: '{name}patient_ids' must have one id per image, shape ({len(labels)},), "
                                f"got {patient_ids.shape}")
         patient_ids = patient_ids.astype(str)
+    if multi:
+        return multilabel_split(np.ascontiguousarray(images), labels, patient_ids)
     return Split(np.ascontiguousarray(images), labels.astype(np.int64), patient_ids)
 
 
@@ -328,6 +372,15 @@ def _load_image_folder(root: Path, size: int) -> dict:
 
 
 def _label_range(path: Path, parts: dict, class_names) -> int:
+    present = [parts[name] for name in ("train", "val", "test", "pool") if name in parts]
+    if any(s.targets is not None for s in present):  # multi-label: the label count is the targets' width
+        widths = {s.targets.shape[1] if s.targets is not None else None for s in present}
+        if len(widths) > 1:
+            raise MedvtabError(f"{path}: splits disagree on multi-label width ({', '.join(map(str, widths))})")
+        width = widths.pop()
+        if class_names and len(class_names) != width:
+            raise MedvtabError(f"{path}: {len(class_names)} class names for {width} labels")
+        return width
     labels = {name: parts[name].labels for name in ("train", "val", "test", "pool") if name in parts}
     first = labels.get("train", labels.get("pool"))  # as before: the train labels define the classes
     if not class_names and not len(first):

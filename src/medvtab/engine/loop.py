@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from medvtab.data import Split
+from medvtab.engine.metrics import selection_score
 from medvtab.methods import AdaptedModel
 
 
@@ -55,6 +56,25 @@ def random_shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tens
     return out.round_().to(torch.uint8)
 
 
+def task_loss(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy on class indices (N,); on multi-label targets (N, L), binary cross-entropy per label with
+    unknown (-1) entries masked out (mean over the known entries)."""
+    if y.ndim == 1:
+        return F.cross_entropy(logits, y, reduction=reduction)
+    known = (y >= 0).to(logits.dtype)
+    loss = F.binary_cross_entropy_with_logits(logits, y.clamp(min=0).to(logits.dtype), weight=known, reduction="sum")
+    return loss if reduction == "sum" else loss / known.sum().clamp(min=1)
+
+
+def to_probs(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    return logits.sigmoid() if multi_label else logits.softmax(-1)
+
+
+def _loss_count(y: np.ndarray) -> int:
+    """What a summed loss is divided by: images, or known multi-label entries."""
+    return int((y >= 0).sum()) if y.ndim == 2 else len(y)
+
+
 def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
         "cpu", enabled=False)
@@ -71,6 +91,7 @@ class EvalResult:
 @torch.inference_mode()
 def evaluate(model: AdaptedModel, images: torch.Tensor, labels: np.ndarray, batch_size: int,
              device: torch.device, record_stats: bool = False) -> EvalResult:
+    """``labels``: class indices (N,) or multi-label targets (N, L) (then probabilities are per-label sigmoids)."""
     model.eval()
     model.set_record_stats(record_stats)
     if record_stats:
@@ -85,11 +106,11 @@ def evaluate(model: AdaptedModel, images: torch.Tensor, labels: np.ndarray, batc
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
-        losses.append(F.cross_entropy(logits, y, reduction="sum").item())
-        probs.append(logits.softmax(-1).cpu())
+        losses.append(task_loss(logits, y, reduction="sum").item())
+        probs.append(to_probs(logits, labels.ndim == 2).cpu())
     model.set_record_stats(False)
     total = sum(times)
-    return EvalResult(torch.cat(probs).numpy(), sum(losses) / len(labels),
+    return EvalResult(torch.cat(probs).numpy(), sum(losses) / max(1, _loss_count(labels)),
                       1000 * total / len(times), len(labels) / total if total else float("nan"))
 
 
@@ -112,8 +133,8 @@ def evaluate_features(model: AdaptedModel, features: torch.Tensor, labels: np.nd
     logits = torch.cat([model.logits_from_features(features[s:s + batch_size]).float()
                         for s in range(0, len(features), batch_size)])
     y = torch.as_tensor(labels, device=logits.device)
-    loss = F.cross_entropy(logits, y).item()
-    return EvalResult(logits.softmax(-1).cpu().numpy(), loss, float("nan"), float("nan"))
+    loss = task_loss(logits, y).item()
+    return EvalResult(to_probs(logits, labels.ndim == 2).cpu().numpy(), loss, float("nan"), float("nan"))
 
 
 @dataclass
@@ -125,7 +146,8 @@ class FitResult:
 
 def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
         on_step: Callable[[int, int, float], None] | None = None) -> FitResult:
-    """Train the model's trainable parameters; restore the weights of the best validation epoch."""
+    """Train the model's trainable parameters; restore the weights of the best validation epoch (accuracy; for a
+    multi-label task, mean AUROC over labels)."""
     device = torch.device(cfg.device)
     model.to(device)
     head = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("head.")]
@@ -144,7 +166,8 @@ def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     generator = torch.Generator().manual_seed(cfg.seed)
     train_x, val_x = as_tensor(train), as_tensor(val)
-    train_y = torch.from_numpy(train.labels)
+    train_y = torch.from_numpy(train.y)
+    score_name = "val_auroc" if val.targets is not None else "val_accuracy"
     if device.type == "cuda":
         train_x, train_y = train_x.pin_memory(), train_y.pin_memory()
 
@@ -168,7 +191,7 @@ def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
                 else:
                     x = random_shift(train_x[idx], generator) if cfg.augment else train_x[idx]
                     logits = model(x.to(device, non_blocking=True))
-                loss = F.cross_entropy(logits.float(), y)
+                loss = task_loss(logits.float(), y)
                 aux = model.auxiliary_loss()
                 total_loss = loss + aux if aux is not None else loss
             optimizer.zero_grad(set_to_none=True)
@@ -180,11 +203,11 @@ def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
             seen += len(idx)
             if on_step:
                 on_step(step, total, running / seen)
-        val_result = (evaluate_features(model, cached[1], val.labels, cfg.eval_batch_size) if cached is not None
-                      else evaluate(model, val_x, val.labels, cfg.eval_batch_size, device))
-        val_acc = float((val_result.probs.argmax(1) == val.labels).mean())
+        val_result = (evaluate_features(model, cached[1], val.y, cfg.eval_batch_size) if cached is not None
+                      else evaluate(model, val_x, val.y, cfg.eval_batch_size, device))
+        val_acc = selection_score(val.y, val_result.probs)
         result.history.append({"epoch": epoch, "train_loss": round(running / seen, 6),
-                               "val_loss": round(val_result.loss, 6), "val_accuracy": round(val_acc, 6),
+                               "val_loss": round(val_result.loss, 6), score_name: round(val_acc, 6),
                                "lr": optimizer.param_groups[0]["lr"],
                                "seconds": round(time.perf_counter() - start, 3)})
         if val_acc > best_acc:

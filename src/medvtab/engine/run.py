@@ -83,11 +83,12 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
     with rundir.staged_run_dir(out) as stage:
         result = fit(model, data.train, data.val, train_cfg, on_step=on_step)
         device = torch.device(train_cfg.device)
-        test = evaluate(model, as_tensor(data.test), data.test.labels, train_cfg.eval_batch_size, device,
+        test = evaluate(model, as_tensor(data.test), data.test.y, train_cfg.eval_batch_size, device,
                         record_stats=True)
-        test_metrics = classification_metrics(data.test.labels, test.probs)
+        test_metrics = classification_metrics(data.test.y, test.probs)
         metrics = {
-            "task": data.name, "method": method, "seed": train_cfg.seed, "protocol": chosen.name,
+            "task": data.name, "task_type": data.task_type, "method": method, "seed": train_cfg.seed,
+            "protocol": chosen.name,
             "warnings": warnings, "data_checked": run_check,
             **test_metrics,
             **parameter_counts(model, backbones),
@@ -103,11 +104,11 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
         if data.extra_tests:  # patient-ood: the usual keys are the seen test's; each test set in full too
             metrics["seen"] = summarise_test_set(data.test, test_metrics)
             for name, split in data.extra_tests.items():
-                extra = evaluate(model, as_tensor(split), split.labels, train_cfg.eval_batch_size, device)
-                metrics[name] = summarise_test_set(split, classification_metrics(split.labels, extra.probs))
+                extra = evaluate(model, as_tensor(split), split.y, train_cfg.eval_batch_size, device)
+                metrics[name] = summarise_test_set(split, classification_metrics(split.y, extra.probs))
         run_config = {
             "medvtab_version": medvtab.__version__, "task": task, "task_source": data.source,
-            "num_classes": data.num_classes, "class_names": data.class_names,
+            "task_type": data.task_type, "num_classes": data.num_classes, "class_names": data.class_names,
             "method": method, "method_config": config.model_dump(),
             "general": general_spec, "medical": medical_spec,
             "backbones": [vars(b.info) for b in backbones],
