@@ -44,6 +44,9 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def check_new_run_dir(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if (out / "checkpoint.pt").is_file() and not (out / "metrics.json").exists():
+            raise MedvtabError(f"{out}: holds an unfinished run; continue it with --resume {out}, or choose a "
+                               f"new --out")
         raise MedvtabError(f"{out}: output directory exists and is not empty; choose a new --out")
 
 

@@ -40,7 +40,7 @@ def train(
     method: str = typer.Option("dynamer", help="Tuning method (see the README's method table)."),
     general: str = typer.Option("tiny-general", help="General-domain backbone spec."),
     medical: str = typer.Option("tiny-medical", help="Medical-domain backbone spec."),
-    out: Path = typer.Option(..., help="New run directory."),
+    out: Optional[Path] = typer.Option(None, help="New run directory (with --resume: that directory)."),
     epochs: int = typer.Option(10, min=1),
     batch_size: int = typer.Option(64, min=1),
     lr: Optional[float] = typer.Option(None, min=0.0, help="Learning rate (default: the method's, 1e-4 for most)."),
@@ -65,6 +65,17 @@ def train(
                                                         "(default: $MEDVTAB_DATA, else shared/data beside the "
                                                         "project)."),
     no_check: bool = typer.Option(False, "--no-check", help="Skip the data check that runs before training."),
+    devices: int = typer.Option(1, min=1, help="Processes on this machine (DDP via Lightning Fabric: GPUs with "
+                                               "--device cuda, else CPU processes on gloo). Under torchrun the "
+                                               "launcher's layout is used."),
+    num_nodes: int = typer.Option(1, min=1, help="Machines (with --devices each); see the README's scale-out."),
+    tensorboard: Optional[Path] = typer.Option(None, help="TensorBoard log folder (events in FOLDER/<run name>)."),
+    mlflow: Optional[str] = typer.Option(None, "--mlflow", help="MLflow tracking URI (a server, or a local "
+                                                                "folder / file: URI) to log the run to."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the unfinished run in this directory from its last "
+                                                     "epoch checkpoint (give the run's options again)."),
+    skip_nonfinite: int = typer.Option(0, min=0, help="Skip up to N batches whose loss is NaN or infinite "
+                                                      "(counted in metrics.json) instead of stopping."),
 ):
     """Train a method on a task and write metrics, config, adapter weights, a log and the splits to --out."""
     from medvtab.engine.loop import TrainConfig
@@ -77,7 +88,14 @@ def train(
         options["skip_mode"] = skip_mode
     if backbone is not None:
         options["backbone"] = backbone
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, patience=patience)
+    if out is None and resume is None:
+        raise MedvtabError("option '--out': required (a new run directory), or --resume DIR")
+    if out is not None and resume is not None and out.resolve() != resume.resolve():
+        raise MedvtabError(f"options '--out' and '--resume': a run resumes in its own directory ({resume}), "
+                           f"got --out {out}")
+    out = out if out is not None else resume
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, patience=patience,
+                      devices=devices, num_nodes=num_nodes, skip_nonfinite=skip_nonfinite)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[loss]}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
                   disable=not err_console.is_terminal) as progress:
@@ -89,11 +107,14 @@ def train(
         metrics = train_run(task, method, general, medical, out, cfg, options, train_size, on_step,
                             on_note=lambda m: err_console.print(m, markup=False, highlight=False, soft_wrap=True),
                             protocol=protocol, train_fraction=train_fraction, shots=shots, seen=seen,
-                            unseen=unseen, data_root=data_root, run_check=not no_check)
+                            unseen=unseen, data_root=data_root, run_check=not no_check,
+                            tensorboard=tensorboard, mlflow_uri=mlflow, resume=resume is not None)
+    if metrics is None:  # another process of a multi-process run: rank 0 reports
+        return
     keys = ("task", "task_type", "method", "seed", "protocol", "accuracy", "balanced_accuracy", "macro_f1", "auroc",
             "mean_ap", "exact_match", "per_label_auroc",
             "majority_rate", "trainable_params", "params_ratio", "eval_images_per_second", "train_seconds",
-            "split_sizes", "split_patients", "seen", "unseen")
+            "split_sizes", "split_patients", "seen", "unseen", "processes", "skipped_nonfinite_batches")
     print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
 
 

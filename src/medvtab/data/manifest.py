@@ -24,7 +24,10 @@ import csv
 import json
 from pathlib import Path
 
+from typing import Literal
+
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medvtab.errors import MedvtabError
 
@@ -67,15 +70,31 @@ def write_prepared(stage: Path, meta: dict, rows: list[dict], images) -> None:
         f.write("\n")
 
 
+class TaskMeta(BaseModel):
+    """The fields of task.json that loading relies on (the rest, e.g. ``registry`` and ``policy``, is kept)."""
+    model_config = ConfigDict(extra="allow")
+    name: str
+    num_classes: int = Field(ge=1)
+    class_names: list[str]
+    image_size: int = Field(ge=1)
+    task_type: Literal["multi-class", "multi-label", "ordinal"] = "multi-class"
+
+
 def read_meta(path: Path) -> dict:
+    file = Path(path) / TASK_JSON
     try:
-        with open(Path(path) / TASK_JSON) as f:
+        with open(file) as f:
             meta = json.load(f)
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise MedvtabError(f"{Path(path) / TASK_JSON}: not readable JSON ({str(err).splitlines()[0][:120]})") from None
-    for key in ("name", "num_classes", "class_names", "image_size"):
-        if key not in meta:
-            raise MedvtabError(f"{Path(path) / TASK_JSON}: missing field '{key}' (not a prepared directory?)")
+        raise MedvtabError(f"{file}: not readable JSON ({str(err).splitlines()[0][:120]})") from None
+    if not isinstance(meta, dict):
+        raise MedvtabError(f"{file}: expected a JSON object (not a prepared directory?)")
+    try:
+        TaskMeta.model_validate(meta)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise MedvtabError(f"{file}: field '{field}': {first['msg']} (not a prepared directory?)") from None
     return meta
 
 

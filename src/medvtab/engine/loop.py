@@ -8,6 +8,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -15,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from medvtab.atomic import atomic_write
 from medvtab.data import Split
 from medvtab.engine.metrics import selection_score
+from medvtab.errors import MedvtabError
 from medvtab.methods import AdaptedModel
 
 
@@ -32,6 +35,9 @@ class TrainConfig(BaseModel):
     seed: int = 0
     device: str = "cpu"
     augment: bool = True
+    devices: int = Field(1, ge=1, description="processes per machine (DDP through Lightning Fabric)")
+    skip_nonfinite: int = Field(0, ge=0, description="bad (NaN / infinite loss) batches to skip before stopping")
+    num_nodes: int = Field(1, ge=1, description="machines")
 
 
 def seed_everything(seed: int) -> None:
@@ -137,24 +143,79 @@ def evaluate_features(model: AdaptedModel, features: torch.Tensor, labels: np.nd
     return EvalResult(to_probs(logits, labels.ndim == 2).cpu().numpy(), loss, float("nan"), float("nan"))
 
 
+def rank_count(fabric) -> int:
+    return 1 if fabric is None else fabric.world_size
+
+
 @dataclass
 class FitResult:
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     train_seconds: float = 0.0
+    skipped_batches: int = 0
+
+
+class NonFiniteLoss(MedvtabError):
+    """Training stopped on a NaN or infinite loss (the last good checkpoint is kept)."""
+
+
+CHECKPOINT_FORMAT = 1
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomically: a kill leaves the previous checkpoint or this one, never a torn file."""
+    atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Tensors, numbers, strings and containers only (``weights_only``): a checkpoint cannot run code."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise MedvtabError(f"{path}: no checkpoint to resume from") from None
+    except Exception as err:  # noqa: BLE001 - torch raises many types for corrupt or foreign files
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise MedvtabError(f"{path}: not a readable medvtab checkpoint ({reason})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise MedvtabError(f"{path}: not a medvtab training checkpoint (format {CHECKPOINT_FORMAT})")
+    return state
+
+
+def _finite_everywhere(loss: torch.Tensor, fabric) -> bool:
+    finite = torch.isfinite(loss.detach()).all().float()
+    if fabric is not None:  # every process must take the same branch
+        finite = fabric.all_reduce(finite.to(fabric.device), reduce_op="mean")
+    return bool(finite.item() == 1.0)
 
 
 def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
-        on_step: Callable[[int, int, float], None] | None = None) -> FitResult:
+        on_step: Callable[[int, int, float], None] | None = None, fabric=None,
+        on_epoch: Callable[[dict], None] | None = None, checkpoint: Path | None = None,
+        resume: dict | None = None, fingerprint: dict | None = None) -> FitResult:
     """Train the model's trainable parameters; restore the weights of the best validation epoch (accuracy; for a
-    multi-label task, mean AUROC over labels)."""
-    device = torch.device(cfg.device)
+    multi-label task, mean AUROC over labels).
+
+    ``fabric`` (:mod:`medvtab.engine.distributed`): each global batch is split across its processes and DDP
+    averages the gradients. ``checkpoint``: after every epoch the whole training state (trainable weights,
+    optimizer, schedule, random states, data order, early-stopping state, log) is written there; ``resume``:
+    such a state (:func:`load_checkpoint`), whose ``fingerprint`` must equal this run's, to continue from. A
+    non-finite loss raises :class:`NonFiniteLoss` unless ``cfg.skip_nonfinite`` bad batches are allowed (each
+    is skipped: no update, counted in ``FitResult.skipped_batches``)."""
+    device = fabric.device if fabric is not None else torch.device(cfg.device)
     model.to(device)
     head = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("head.")]
     rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
     optimizer = torch.optim.AdamW([{"params": rest}, {"params": head, "lr": cfg.lr * cfg.head_lr_scale}],
                                   lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rank, world = (fabric.global_rank, fabric.world_size) if fabric is not None else (0, 1)
+    wrapped = model
+    if fabric is not None:
+        wrapped, optimizer = fabric.setup(model, optimizer)
+        if model.caches_features:
+            wrapped.mark_forward_method("logits_from_features")
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    if 0 < len(train) % cfg.batch_size < rank_count(fabric):  # a last batch too small to give every process one
+        steps_per_epoch -= 1
     total = cfg.epochs * steps_per_epoch
     warmup = max(1, min(steps_per_epoch, total // 10))
 
@@ -171,11 +232,29 @@ def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
     if device.type == "cuda":
         train_x, train_y = train_x.pin_memory(), train_y.pin_memory()
 
-    result, best_acc, stale, step = FitResult(), -1.0, 0, 0
+    result, best_acc, stale, step, first_epoch, stopped, elapsed = FitResult(), -1.0, 0, 0, 1, False, 0.0
     best_state = None
+    if resume is not None:
+        if resume.get("fingerprint") != fingerprint:
+            differ = sorted(k for k in set(resume.get("fingerprint") or {}) | set(fingerprint or {})
+                            if (resume.get("fingerprint") or {}).get(k) != (fingerprint or {}).get(k))
+            raise MedvtabError(f"option '--resume': the checkpoint was written by a different run (differs in: "
+                               f"{', '.join(differ) or 'everything'}); resume with the same options")
+        model.load_trainable_state_dict({k: v.to(device) for k, v in resume["trainable"].items()}, "checkpoint")
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        generator.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])
+        best_state = resume["best_state"] or None
+        best_acc, stale, step, stopped = resume["best_acc"], resume["stale"], resume["step"], resume["stopped"]
+        result.best_epoch, result.history = resume["best_epoch"], list(resume["history"])
+        result.skipped_batches, elapsed = resume["skipped_batches"], resume["elapsed"]
+        first_epoch = resume["epoch"] + 1
     cached = None  # (train features, val features) for models that cache them
-    start = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
+    start = time.perf_counter() - elapsed
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        if stopped:
+            break
         if model.caches_features and cached is None:  # first epoch pays for the features, once
             cached = (backbone_features(model, train_x, cfg.eval_batch_size, device),
                       backbone_features(model, val_x, cfg.eval_batch_size, device))
@@ -184,39 +263,71 @@ def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
         running, seen = 0.0, 0
         for i in range(steps_per_epoch):
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            # augmentation is drawn for the whole global batch (the single-process random stream), then each
+            # process keeps its share
+            x = None if cached is not None else random_shift(train_x[idx], generator) if cfg.augment else train_x[idx]
+            if world > 1:
+                idx, x = idx[rank::world], None if x is None else x[rank::world]
             y = train_y[idx].to(device, non_blocking=True)
             with _autocast(device):
                 if cached is not None:
-                    logits = model.logits_from_features(cached[0][idx.to(cached[0].device)])
+                    logits = wrapped.logits_from_features(cached[0][idx.to(cached[0].device)])
                 else:
-                    x = random_shift(train_x[idx], generator) if cfg.augment else train_x[idx]
-                    logits = model(x.to(device, non_blocking=True))
+                    logits = wrapped(x.to(device, non_blocking=True))
                 loss = task_loss(logits.float(), y)
                 aux = model.auxiliary_loss()
                 total_loss = loss + aux if aux is not None else loss
             optimizer.zero_grad(set_to_none=True)
-            total_loss.backward()
+            step += 1
+            if not _finite_everywhere(total_loss, fabric):
+                if result.skipped_batches >= cfg.skip_nonfinite:
+                    kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept in {checkpoint}"
+                            if checkpoint is not None and epoch > 1 else "no epoch had finished")
+                    raise NonFiniteLoss(f"non-finite training loss ({total_loss.item()}) at epoch {epoch}, batch "
+                                        f"{i + 1}; {kept}; lower --lr, or pass --skip-nonfinite N to skip up to N "
+                                        f"bad batches")
+                result.skipped_batches += 1
+                scheduler.step()  # the schedule stays on its course; the weights are not updated
+                continue
+            if fabric is not None:
+                fabric.backward(total_loss)
+            else:
+                total_loss.backward()
             optimizer.step()
             scheduler.step()
-            step += 1
             running += loss.item() * len(idx)
             seen += len(idx)
             if on_step:
                 on_step(step, total, running / seen)
         val_result = (evaluate_features(model, cached[1], val.y, cfg.eval_batch_size) if cached is not None
                       else evaluate(model, val_x, val.y, cfg.eval_batch_size, device))
+        if not np.isfinite(val_result.probs).all():
+            raise NonFiniteLoss(f"non-finite validation outputs at epoch {epoch}: the weights diverged; "
+                                + (f"the last good checkpoint (epoch {epoch - 1}) is kept in {checkpoint}; "
+                                   if checkpoint is not None and epoch > 1 else "")
+                                + "lower --lr")
         val_acc = selection_score(val.y, val_result.probs)
-        result.history.append({"epoch": epoch, "train_loss": round(running / seen, 6),
+        result.history.append({"epoch": epoch, "train_loss": round(running / seen, 6) if seen else float("nan"),
                                "val_loss": round(val_result.loss, 6), score_name: round(val_acc, 6),
                                "lr": optimizer.param_groups[0]["lr"],
                                "seconds": round(time.perf_counter() - start, 3)})
+        if on_epoch:
+            on_epoch(result.history[-1])
         if val_acc > best_acc:
             best_acc, stale, result.best_epoch = val_acc, 0, epoch
             best_state = {k: v.detach().clone() for k, v in model.trainable_state_dict().items()}
         else:
             stale += 1
-            if stale >= cfg.patience:
-                break
+            stopped = stale >= cfg.patience
+        if checkpoint is not None and rank == 0:
+            save_checkpoint(checkpoint, {
+                "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": epoch, "step": step,
+                "stopped": stopped, "best_acc": best_acc, "stale": stale, "best_epoch": result.best_epoch,
+                "history": result.history, "skipped_batches": result.skipped_batches,
+                "elapsed": time.perf_counter() - start, "trainable": model.trainable_state_dict(),
+                "best_state": best_state or {}, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state()})
     result.train_seconds = time.perf_counter() - start
     if best_state is not None:
         model.load_trainable_state_dict(best_state, "best validation epoch")

@@ -17,8 +17,11 @@ from medvtab.data import Split, TaskData
 from medvtab.data.protocols import SPLITS_FILE, check_protocol, load_protocol_task, splits_record
 from medvtab.data.check import PROTOCOL_SHARED_PATIENTS, check_task, leakage_warnings
 from medvtab.engine import rundir
-from medvtab.engine.loop import TrainConfig, as_tensor, evaluate, fit, seed_everything
+from medvtab.engine.distributed import launch
+from medvtab.engine.loop import (TrainConfig, as_tensor, evaluate, fit, load_checkpoint, rank_count,
+                                 seed_everything)
 from medvtab.engine.metrics import classification_metrics
+from medvtab.engine.tracking import Tracker
 from medvtab.errors import MedvtabError
 from medvtab.methods import (build_model, get_method, make_config, parameter_counts,
                              resolve_backbone_specs)
@@ -44,16 +47,37 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
               on_step: Callable | None = None, on_note: Callable[[str], None] = print, *,
               protocol: str = "standard", train_fraction: float | None = None, shots: int | None = None,
               seen: int | None = None, unseen: int | None = None, data_root: str | Path | None = None,
-              run_check: bool = True, record: dict | None = None) -> dict:
+              run_check: bool = True, record: dict | None = None, tensorboard: Path | None = None,
+              mlflow_uri: str | None = None, resume: bool | str = False) -> dict | None:
     """Everything is validated (options, protocol, backbones, data, alignment) before the run directory exists.
 
     ``protocol`` and its options: see :mod:`medvtab.data.protocols`. ``data_root``: where registered real sets
     are found (default: ``$MEDVTAB_DATA``, else ``shared/data`` beside the project). ``record``: extra fields
     for config.json (``medvtab bench`` stores the run's spec there, so the directory lands in one step).
+    Several processes (``train_cfg.devices`` / ``num_nodes``, or a torchrun launch): see
+    :mod:`medvtab.engine.distributed`; only global rank 0 writes the run and gets the metrics, the others None.
+    ``tensorboard`` (a log folder: events go to ``tensorboard/<run name>``) and ``mlflow_uri``: optional
+    tracking (:mod:`medvtab.engine.tracking`), by rank 0.
+
+    The run directory holds config.json and splits.json from the start and ``checkpoint.pt`` after every epoch;
+    ``resume=True`` continues the unfinished run in ``out`` from its checkpoint (same options required), which
+    on CPU ends with the metrics an uninterrupted run has. The result files are written one by one, atomically,
+    metrics.json last: a run is finished exactly when its metrics.json exists; the checkpoint is then removed.
+    ``resume="auto"`` (for grids, whose runner holds the run's claim): resume where a checkpoint exists, else
+    start afresh, clearing what a run killed in its first epoch left.
     """
     if train_cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise MedvtabError("option '--device': cuda requested but no CUDA device is available")
-    rundir.check_new_run_dir(out)
+    if resume == "auto":
+        resume = rundir.resume_or_clear(out)
+    if resume:
+        rundir.check_resumable(out)
+    else:
+        rundir.check_new_run_dir(out)
+    fabric = launch(train_cfg.device, train_cfg.devices, train_cfg.num_nodes)  # None: one process
+    writer = fabric is None or fabric.global_rank == 0
+    if not writer:  # the other processes train in step, silently
+        on_step, on_note = None, (lambda message: None)
     chosen = check_protocol(protocol, train_fraction=train_fraction, shots=shots, seen=seen, unseen=unseen,
                             train_size=train_size)
     if train_cfg.lr is None:
@@ -74,57 +98,88 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
                         data.num_classes)
     for b in backbones:
         if b.random_init:
-            on_note(f"note: backbone '{b.spec}' is randomly initialised (no pre-trained weights bundled yet)")
+            on_note(f"note: backbone '{b.spec}' is randomly initialised (no pre-trained weights)")
     for note in data.notes:
         on_note(f"note: {note}")
     for warning in warnings:
         on_note(f"warning: {warning}")
 
-    with rundir.staged_run_dir(out) as stage:
-        result = fit(model, data.train, data.val, train_cfg, on_step=on_step)
-        device = torch.device(train_cfg.device)
-        test = evaluate(model, as_tensor(data.test), data.test.y, train_cfg.eval_batch_size, device,
-                        record_stats=True)
-        test_metrics = classification_metrics(data.test.y, test.probs)
-        metrics = {
-            "task": data.name, "task_type": data.task_type, "method": method, "seed": train_cfg.seed,
-            "protocol": chosen.name,
-            "warnings": warnings, "data_checked": run_check,
-            **test_metrics,
-            **parameter_counts(model, backbones),
-            "eval_images_per_second": round(test.images_per_second, 2),
-            "ms_per_batch": round(test.ms_per_batch, 3),
-            "eval_batch_size": train_cfg.eval_batch_size,
-            "train_seconds": round(result.train_seconds, 3),
-            "epochs_run": len(result.history), "best_epoch": result.best_epoch,
-            "split_sizes": data.sizes(),
-            **({"split_patients": data.patient_counts()} if data.patient_counts() is not None else {}),
-            "routing": model.routing_stats(),
-        }
-        if data.extra_tests:  # patient-ood: the usual keys are the seen test's; each test set in full too
-            metrics["seen"] = summarise_test_set(data.test, test_metrics)
-            for name, split in data.extra_tests.items():
-                extra = evaluate(model, as_tensor(split), split.y, train_cfg.eval_batch_size, device)
-                metrics[name] = summarise_test_set(split, classification_metrics(split.y, extra.probs))
-        run_config = {
-            "medvtab_version": medvtab.__version__, "task": task, "task_source": data.source,
-            "task_type": data.task_type, "num_classes": data.num_classes, "class_names": data.class_names,
-            "method": method, "method_config": config.model_dump(),
-            "general": general_spec, "medical": medical_spec,
-            "backbones": [vars(b.info) for b in backbones],
-            "train": train_cfg.model_dump(), "train_size": train_size,
-            "protocol": chosen.record(), "data_root": None if data_root is None else str(data_root),
-            "splits_file": SPLITS_FILE, "notes": data.notes,
-            "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                        "platform": platform.platform(), "threads": torch.get_num_threads()},
-            **(record or {}),
-        }
-        rundir.write_json(stage / rundir.CONFIG, run_config)
-        rundir.write_json(stage / SPLITS_FILE, splits)
-        rundir.write_tensors(stage / rundir.ADAPTER, model.trainable_state_dict())
-        rundir.write_csv(stage / rundir.LOG, result.history)
-        rundir.write_json(stage / rundir.METRICS, metrics)
+    run_config = {
+        "medvtab_version": medvtab.__version__, "task": task, "task_source": data.source,
+        "task_type": data.task_type, "num_classes": data.num_classes, "class_names": data.class_names,
+        "method": method, "method_config": config.model_dump(),
+        "general": general_spec, "medical": medical_spec,
+        "backbones": [vars(b.info) for b in backbones],
+        "train": train_cfg.model_dump(), "train_size": train_size,
+        "protocol": chosen.record(), "data_root": None if data_root is None else str(data_root),
+        "splits_file": SPLITS_FILE, "notes": data.notes,
+        "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                    "platform": platform.platform(), "threads": torch.get_num_threads()},
+        **(record or {}),
+    }
+    checkpoint = out / rundir.CHECKPOINT
+    state = load_checkpoint(checkpoint) if resume else None
+    tracker = Tracker(None if tensorboard is None else Path(tensorboard) / out.name, mlflow_uri,
+                      run_name=out.name) if writer and (tensorboard or mlflow_uri) else None
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        rundir.write_json(out / rundir.CONFIG, run_config)
+        rundir.write_json(out / SPLITS_FILE, splits)
+    try:
+        result = fit(model, data.train, data.val, train_cfg, on_step=on_step, fabric=fabric,
+                     on_epoch=tracker.epoch if tracker else None, checkpoint=checkpoint, resume=state,
+                     fingerprint=run_fingerprint(run_config, len(data.train)))
+    except BaseException:
+        if tracker:
+            tracker.abort()
+        raise
+    device = fabric.device if fabric is not None else torch.device(train_cfg.device)
+    test = evaluate(model, as_tensor(data.test), data.test.y, train_cfg.eval_batch_size, device,
+                    record_stats=True)
+    test_metrics = classification_metrics(data.test.y, test.probs)
+    metrics = {
+        "task": data.name, "task_type": data.task_type, "method": method, "seed": train_cfg.seed,
+        "protocol": chosen.name,
+        "warnings": warnings, "data_checked": run_check,
+        **test_metrics,
+        **parameter_counts(model, backbones),
+        "eval_images_per_second": round(test.images_per_second, 2),
+        "ms_per_batch": round(test.ms_per_batch, 3),
+        "eval_batch_size": train_cfg.eval_batch_size,
+        "train_seconds": round(result.train_seconds, 3),
+        "processes": rank_count(fabric), "skipped_nonfinite_batches": result.skipped_batches,
+        "epochs_run": len(result.history), "best_epoch": result.best_epoch,
+        "split_sizes": data.sizes(),
+        **({"split_patients": data.patient_counts()} if data.patient_counts() is not None else {}),
+        "routing": model.routing_stats(),
+    }
+    if data.extra_tests:  # patient-ood: the usual keys are the seen test's; each test set in full too
+        metrics["seen"] = summarise_test_set(data.test, test_metrics)
+        for name, split in data.extra_tests.items():
+            extra = evaluate(model, as_tensor(split), split.y, train_cfg.eval_batch_size, device)
+            metrics[name] = summarise_test_set(split, classification_metrics(split.y, extra.probs))
+    if not writer:
+        return None
+    rundir.write_tensors(out / rundir.ADAPTER, model.trainable_state_dict())
+    rundir.write_csv(out / rundir.LOG, result.history)
+    rundir.write_json(out / rundir.METRICS, metrics)  # last: the run is finished
+    checkpoint.unlink(missing_ok=True)
+    if tracker:
+        tracker.finish({"task": data.name, "method": method, "seed": train_cfg.seed, "protocol": chosen.record(),
+                        "general": general_spec, "medical": medical_spec, "train": train_cfg.model_dump(),
+                        "method_config": config.model_dump()}, metrics, out)
     return metrics
+
+
+RESUME_INDEPENDENT = ("device", "devices", "num_nodes", "eval_batch_size", "skip_nonfinite")
+
+
+def run_fingerprint(run_config: dict, train_images: int) -> dict:
+    """What a checkpoint must agree on to be resumed: everything that decides the result (not the device)."""
+    keys = ("task", "task_source", "method", "method_config", "general", "medical", "train_size", "protocol",
+            "num_classes")
+    train = {k: v for k, v in run_config["train"].items() if k not in RESUME_INDEPENDENT}
+    return {**{k: run_config[k] for k in keys}, "train": train, "train_images": train_images}
 
 
 def load_run(run: Path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -10,10 +11,32 @@ from safetensors.torch import load_file, save_file
 from medvtab.atomic import atomic_write, check_new_run_dir, staged_run_dir, write_csv, write_json
 from medvtab.errors import MedvtabError
 
-__all__ = ["CONFIG", "METRICS", "ADAPTER", "LOG", "atomic_write", "check_new_run_dir", "staged_run_dir",
+__all__ = ["CONFIG", "METRICS", "ADAPTER", "LOG", "CHECKPOINT", "check_resumable", "atomic_write", "check_new_run_dir", "staged_run_dir",
            "write_csv", "write_json", "write_tensors", "read_json", "read_tensors"]
 
 CONFIG, METRICS, ADAPTER, LOG = "config.json", "metrics.json", "adapter.safetensors", "log.csv"
+CHECKPOINT = "checkpoint.pt"  # the training state after the last finished epoch (removed once the run is done)
+
+
+def resume_or_clear(out: Path) -> bool:
+    """True where ``out`` holds an unfinished run with a checkpoint; an unfinished run without one (killed in
+    its first epoch: config and splits only) is removed. Only for directories medvtab owns (grid runs)."""
+    out = Path(out)
+    if (out / CHECKPOINT).is_file() and not (out / METRICS).exists():
+        return True
+    if out.is_dir() and not (out / METRICS).exists():
+        shutil.rmtree(out)
+    return False
+
+
+def check_resumable(out: Path) -> None:
+    """``out`` holds an unfinished run with a checkpoint."""
+    out = Path(out)
+    if (out / METRICS).is_file():
+        raise MedvtabError(f"{out}: this run has finished (metrics.json exists); nothing to resume")
+    if not (out / CHECKPOINT).is_file():
+        raise MedvtabError(f"{out}: no {CHECKPOINT} to resume from (the run was stopped before its first epoch "
+                           f"ended, or this is not a run directory); start it again with a new --out")
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:

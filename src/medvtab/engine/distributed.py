@@ -1,0 +1,47 @@
+"""One run on several processes (GPUs, or CPU processes with gloo) through Lightning Fabric's DDP.
+
+Two ways in, one code path:
+
+- ``medvtab train --devices N [--num-nodes M]``: Fabric starts the N processes of this machine itself (each
+  re-runs the same command);
+- ``torchrun --nproc-per-node N [--nnodes M ...] -m medvtab.cli train ...``: the launcher starts them and
+  Fabric reads its environment (RANK, WORLD_SIZE, MASTER_ADDR, ...).
+
+What is distributed: every global batch (``--batch-size``) is split across the processes (process r takes
+positions r, r + W, ...) and DDP averages the gradients, so the optimisation is the single-process one up to
+floating-point order; augmentation is drawn for the whole global batch on every process, so the random stream
+is the single-process one too. Validation and test run in full on every process (identical weights give
+identical early-stopping decisions); only global rank 0 writes the run directory.
+"""
+from __future__ import annotations
+
+import os
+
+from medvtab.errors import MedvtabError
+
+TORCHRUN_VARS = ("LOCAL_WORLD_SIZE", "WORLD_SIZE", "RANK")
+
+
+def under_launcher() -> bool:
+    """True inside a torchrun (torchelastic) process group of more than one process."""
+    return all(v in os.environ for v in TORCHRUN_VARS) and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def launch(device: str, devices: int, num_nodes: int):
+    """A launched Fabric for a multi-process run, or None for a single process."""
+    if devices < 1 or num_nodes < 1:
+        raise MedvtabError(f"options '--devices' / '--num-nodes': must be at least 1, got {devices} / {num_nodes}")
+    if under_launcher():
+        devices = int(os.environ["LOCAL_WORLD_SIZE"])
+        num_nodes = int(os.environ["WORLD_SIZE"]) // devices
+    elif devices == 1 and num_nodes == 1:
+        return None
+    from lightning_fabric import Fabric
+    from lightning_fabric.strategies import DDPStrategy
+
+    cuda = device.startswith("cuda")
+    # Experts a router did not pick in a step get no gradient: DDP must not wait for them.
+    strategy = DDPStrategy(process_group_backend="nccl" if cuda else "gloo", find_unused_parameters=True)
+    fabric = Fabric(accelerator="cuda" if cuda else "cpu", devices=devices, num_nodes=num_nodes, strategy=strategy)
+    fabric.launch()
+    return fabric
