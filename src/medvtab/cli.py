@@ -119,6 +119,38 @@ def train(
 
 
 @app.command()
+def pretrain(
+    data: Path = typer.Option(..., help="A MedMNIST-style .npz: 'train_images', 'train_labels' (optional 'test_*', "
+                                        "else 20 % of train is held out; optional 'class_names')."),
+    out: Path = typer.Option(..., help="New .safetensors file for the backbone weights; the model card is written "
+                                       "next to it (.json and .md)."),
+    variant: str = typer.Option(..., help="tiny-general or tiny-medical (load the result as VARIANT@OUT)."),
+    epochs: int = typer.Option(5, min=1),
+    seed: int = typer.Option(0),
+    batch_size: int = typer.Option(128, min=1),
+    lr: float = typer.Option(1e-3, min=0.0, help="Peak AdamW learning rate (warm-up, then cosine to zero)."),
+):
+    """Pre-train a tiny expert (supervised, on the data set's labels), then linear-probe it against random init;
+    writes the weights and a model card, prints the card's summary (as JSON)."""
+    from medvtab.engine.pretrain import pretrain as run_pretrain
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[loss]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+                  disable=not err_console.is_terminal) as progress:
+        bar = progress.add_task(f"pretrain {variant} on {data.stem}", total=None, loss="")
+
+        def on_step(step, total, loss):
+            progress.update(bar, completed=step, total=total, loss=f"loss {loss:.4f}")
+
+        card = run_pretrain(data, out, variant, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr,
+                            on_step=on_step,
+                            on_note=lambda m: err_console.print(m, markup=False, highlight=False, soft_wrap=True))
+    keys = ("variant", "file", "epochs", "seed", "batch_size", "lr", "train_seconds", "total_seconds",
+            "linear_probe")
+    print(json.dumps({"out": str(out), **{k: card[k] for k in keys}}, indent=2))
+
+
+@app.command()
 def predict(
     run: Path = typer.Option(..., help="A run directory written by `medvtab train`."),
     images: List[Path] = typer.Argument(..., help="Image files (PNG, JPEG, ...)."),

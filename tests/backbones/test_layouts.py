@@ -562,7 +562,8 @@ def test_inspect_prints_json_for_the_tiny_pair(inspect_runs):
     assert report["aligned"] is True
     assert report["general"]["grid"] == report["medical"]["grid"] == "7x7"
     assert report["merged_tokens_per_stream"] == 50
-    assert report["general"]["random_init"] is True
+    assert report["general"]["random_init"] is False  # the bundled pre-trained experts
+    assert report["general"]["pretrained_on"] == ["cifar10"] and report["medical"]["pretrained_on"] == ["pbc"]
 
 
 def test_inspect_with_an_unknown_spec_exits_2_with_one_line(inspect_runs):

@@ -1,7 +1,7 @@
 """Backbones by spec string, the same on the command line and in Python.
 
 ``timm:NAME[@FILE]``, ``dinov2-vit{s,b,l}14@FILE``, ``lvmmed-vitb@FILE``, ``biomedclip-vitb16@FILE``,
-``tiny-general``, ``tiny-medical``.
+``tiny-general[@FILE]``, ``tiny-medical[@FILE]`` (bundled pre-trained weights, or a ``medvtab pretrain`` file).
 """
 from __future__ import annotations
 
@@ -10,18 +10,18 @@ from medvtab.backbones.align import PairAlignment, check_alignment
 from medvtab.backbones.base import Backbone, BackboneInfo
 from medvtab.errors import MedvtabError
 
-# name -> (builder, needs a weights file)
+# name -> (builder, weights file: True = required, False = refused, None = optional)
 _REGISTRY = {
     **{name: (dinov2.build, True) for name in dinov2.VARIANTS},
     "lvmmed-vitb": (lvmmed.build, True),
     "biomedclip-vitb16": (biomedclip.build, True),
-    "tiny-general": (tiny.build, False),
-    "tiny-medical": (tiny.build, False),
+    "tiny-general": (tiny.build, None),
+    "tiny-medical": (tiny.build, None),
 }
 
 
 def list_backbones() -> list[str]:
-    return sorted(_REGISTRY) + ["timm:NAME", "timm:NAME@FILE"]
+    return sorted(_REGISTRY) + ["tiny-general@FILE", "tiny-medical@FILE", "timm:NAME", "timm:NAME@FILE"]
 
 
 def load_backbone(spec: str, *, img_size: int | None = None, depth: int | None = None) -> Backbone:
@@ -34,9 +34,9 @@ def load_backbone(spec: str, *, img_size: int | None = None, depth: int | None =
     if name not in _REGISTRY:
         raise MedvtabError(f"unknown backbone spec '{spec}'; expected one of: {', '.join(list_backbones())}")
     builder, needs_file = _REGISTRY[name]
-    if needs_file and file is None:
+    if needs_file is True and file is None:
         raise MedvtabError(f"backbone '{name}' needs a weights file: {name}@PATH")
-    if not needs_file and file is not None:
+    if needs_file is False and file is not None:
         raise MedvtabError(f"backbone '{name}' takes no weights file (got '@{file}')")
     return builder(name, file, spec=spec, img_size=img_size, depth=depth)
 

@@ -1,0 +1,184 @@
+"""``medvtab pretrain``: a real (small) run writes a strictly loadable expert and its card; bad input stops
+with a one-line ``error:`` and exit status 2.
+
+The command runs in-process through ``medvtab.cli.main()`` (what the ``medvtab`` script runs), so its exit
+status, stdout and stderr are the user's, without paying the torch import once per case.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from medvtab.backbones import load_backbone, tiny
+from medvtab.engine.pretrain import (augment, digests, drop_train_duplicates, features, lr_at,
+                                     random_init_backbone, to_input)
+from medvtab.errors import MedvtabError
+
+DATA = Path(os.environ.get("MEDVTAB_DATA", "/work/shared/data"))
+
+
+def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    from medvtab.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["medvtab", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    out, err = capsys.readouterr()
+    return exit_.value.code or 0, out, err
+
+
+@pytest.fixture(scope="module")
+def pbc_subset(tmp_path_factory) -> Path:
+    """320 train and 160 test images drawn at random from the real pbc_28 (all 8 classes), plus one test image
+    that is a copy of a train image (the probe must drop it). Named like the source, so it is 'pbc'."""
+    source = DATA / "pbc" / "pbc_28.npz"
+    if not source.is_file():
+        pytest.skip(f"real data file missing: {source} (set MEDVTAB_DATA to the shared data folder)")
+    rng = np.random.default_rng(0)
+    with np.load(source) as npz:
+        train = rng.choice(len(npz["train_labels"]), 320, replace=False)
+        test = rng.choice(len(npz["test_labels"]), 160, replace=False)
+        arrays = {"train_images": npz["train_images"][train], "train_labels": npz["train_labels"][train],
+                  "test_images": npz["test_images"][test], "test_labels": npz["test_labels"][test],
+                  "class_names": npz["class_names"]}
+    arrays["test_images"][0], arrays["test_labels"][0] = arrays["train_images"][5], arrays["train_labels"][5]
+    path = tmp_path_factory.mktemp("pbc") / "pbc_28.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pretrained(pbc_subset, tmp_path_factory):
+    """One epoch of `medvtab pretrain` on the subset, shared by the tests below."""
+    out = tmp_path_factory.mktemp("expert") / "medical.safetensors"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    argv = ["medvtab", "pretrain", "--data", str(pbc_subset), "--out", str(out), "--variant", "tiny-medical",
+            "--epochs", "1", "--batch-size", "64", "--seed", "3"]
+    from medvtab.cli import main
+
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout), \
+            contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as exit_:
+        mp.setattr(sys, "argv", argv)
+        main()
+    return {"out": out, "code": exit_.value.code or 0, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
+
+
+def test_pretrain_writes_weights_and_card(pretrained):
+    assert pretrained["code"] == 0, pretrained["stderr"]
+    out = pretrained["out"]
+    summary = json.loads(pretrained["stdout"])
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert summary["linear_probe"] == card["linear_probe"]
+    assert card["variant"] == "tiny-medical" and card["epochs"] == 1 and card["seed"] == 3
+    assert card["data"]["name"] == "pbc" and card["data"]["train_images"] == 320
+    assert card["data"]["test_duplicates_of_train_dropped"] == 1  # the planted copy
+    assert card["linear_probe"]["test_images"] == 159
+    assert card["command"].startswith("medvtab pretrain --data ")
+    assert "--variant tiny-medical --epochs 1 --seed 3 --batch-size 64" in card["command"]
+    assert 0.0 <= card["linear_probe"]["pretrained_accuracy"] <= 1.0
+    assert "dropped from the probe" in pretrained["stderr"] and "epoch 1/1" in pretrained["stderr"]
+    md = out.with_suffix(".md").read_text()
+    assert f"{card['linear_probe']['pretrained_accuracy']:.4f}" in md
+    # the trunk only, exactly the tiny architecture's keys, with the data set in the metadata
+    with safe_open(str(out), framework="pt") as f:
+        keys, meta = set(f.keys()), f.metadata()
+    assert keys == set(tiny.new_model("tiny-medical").state_dict())
+    assert meta[tiny.META_PRETRAINED_ON] == "pbc" and meta["medvtab.variant"] == "tiny-medical"
+
+
+def test_the_file_loads_strictly_and_differs_from_random_init(pretrained, pbc_subset):
+    backbone = load_backbone(f"tiny-medical@{pretrained['out']}")
+    info = backbone.info
+    assert not info.random_init and info.pretrained_on == ("pbc",) and info.grid == (7, 7)
+    with np.load(pbc_subset) as npz:
+        images = to_input(npz["test_images"][:32])
+    mine, random = features(backbone, images), features(random_init_backbone("tiny-medical"), images)
+    assert mine.shape == random.shape == (32, 96)
+    assert not np.allclose(mine, random, atol=1e-3)
+    # the general stream can load it too (same architecture); a depth that the file lacks is refused
+    assert load_backbone(f"tiny-general@{pretrained['out']}").info.pretrained_on == ("pbc",)
+    with pytest.raises(MedvtabError, match="missing keys: blocks.4"):
+        load_backbone(f"tiny-medical@{pretrained['out']}", depth=6)
+
+
+def test_a_file_with_extra_keys_is_refused(pretrained, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(pretrained["out"]))
+    state["head.weight"] = torch.zeros(8, 96)
+    save_file(state, tmp_path / "extra.safetensors")
+    with pytest.raises(MedvtabError, match="unexpected keys: head.weight"):
+        load_backbone(f"tiny-medical@{tmp_path / 'extra.safetensors'}")
+
+
+def test_pretrain_never_overwrites(pretrained, pbc_subset, monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, "pretrain", "--data", pbc_subset, "--out", pretrained["out"],
+                           "--variant", "tiny-medical", "--epochs", "1")
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and "exists" in err
+
+
+@pytest.mark.parametrize("case", ["missing", "no_train_images", "not_npz", "bad_variant", "bad_suffix", "grey_float"])
+def test_bad_input_exits_2_with_one_line(case, tmp_path, monkeypatch, capsys):
+    data = tmp_path / "task.npz"
+    out = tmp_path / "expert.safetensors"
+    variant = "tiny-medical"
+    expect = {"missing": "no such file", "no_train_images": "expected keys 'train_images' and 'train_labels'",
+              "not_npz": "not a readable .npz", "bad_variant": "option '--variant'",
+              "bad_suffix": "must be a .safetensors file", "grey_float": "'train_images' must be uint8"}[case]
+    if case == "no_train_images":
+        np.savez(data, images=np.zeros((4, 28, 28), np.uint8), labels=np.zeros(4, np.uint8))
+    elif case == "not_npz":
+        data.write_text("not a zip file")
+    elif case == "grey_float":
+        np.savez(data, train_images=np.zeros((4, 28, 28)), train_labels=np.arange(4) % 2)
+    elif case == "bad_variant":
+        variant = "tiny-huge"
+    elif case == "bad_suffix":
+        out = tmp_path / "expert.pth"
+    code, stdout, err = run_cli(monkeypatch, capsys, "pretrain", "--data", data, "--out", out, "--variant", variant)
+    assert code == 2, (stdout, err)
+    assert err.count("\n") == 1 and err.startswith("error: ") and expect in err, err
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+# --- the pieces ---------------------------------------------------------------------------------------------
+
+def test_duplicates_of_train_images_are_dropped_from_test():
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, (10, 4, 4, 3), dtype=np.uint8)
+    test_images = np.concatenate([train[[2, 7]], rng.integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)])
+    (images, labels), dropped = drop_train_duplicates((test_images, np.arange(5)), train)
+    assert dropped == 2 and labels.tolist() == [2, 3, 4] and len(images) == 3
+    assert len(set(digests(train))) == 10
+
+
+def test_inputs_are_area_resized_and_augmentation_keeps_shapes():
+    x = np.zeros((2, 32, 32, 3), np.uint8)
+    x[:, :16] = 200  # top half bright: the area filter averages the boundary row
+    t = to_input(x)
+    assert t.shape == (2, 3, 28, 28) and t.dtype == torch.uint8
+    assert t[0, 0, 0, 0] == 200 and t[0, 0, -1, 0] == 0 and 0 < t[0, 0, 13, 0] <= 200
+    grey = to_input(np.zeros((3, 28, 28, 1), np.uint8))
+    assert grey.shape == (3, 3, 28, 28)
+    g = torch.Generator().manual_seed(0)
+    batch = torch.randn(16, 3, 28, 28)
+    out = augment(batch, g)
+    assert out.shape == batch.shape
+    # every output is a shifted (possibly flipped) crop: its centre pixel exists in the input image
+    for i in range(16):
+        assert torch.isclose(batch[i, 0].flatten()[:, None], out[i, 0, 14, 14]).any()
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    lrs = [lr_at(s, 100, 1e-3) for s in range(100)]
+    assert lrs[0] < lrs[4] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:])) and lrs[-1] < 1e-5
