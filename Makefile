@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-slow demo bench clean
+.PHONY: venv browser test test-slow demo bench clean
 
 venv: $(STAMP)
 
@@ -13,7 +13,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-test: venv
+# Headless Chromium for the report's browser test (tests/bench/test_report_browser.py); idempotent.
+browser:
+	test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
+
+test: venv browser
 	$(BIN)/python -m pytest -m "not slow"
 
 test-slow: venv

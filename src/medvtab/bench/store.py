@@ -5,11 +5,15 @@ Layout of a bench directory ``DIR``::
     DIR/bench.json                 the grid as asked (suite, specs); rewritten atomically
     DIR/runs/<run_id>/             a run directory exactly as ``medvtab train`` writes it; its config.json
                                    holds the run's spec under "bench"
+    DIR/failures/<run_id>.json     the last error of a run that failed and has not finished since (advisory)
+    DIR/locks/<run_id>.lock        a worker's claim on a run while it trains it (see medvtab.bench.runner)
 
-A run is finished iff ``DIR/runs/<run_id>/metrics.json`` exists. Run directories are staged and renamed into
-place in one step, so a kill leaves either no directory or a complete one, and two workers finishing the same
-run cannot both land it (the second rename fails and its copy is dropped). ``run_id`` is a readable prefix and
-a hash of the spec, so the same (task, method, seed, config) always maps to the same directory.
+A run is finished iff ``DIR/runs/<run_id>/metrics.json`` exists: the run's files are written one by one,
+atomically, metrics.json last. Until then the directory holds config.json, splits.json and the last epoch's
+``checkpoint.pt``; it belongs to the worker holding the run's claim, and a killed run is resumed from its
+checkpoint by the next worker that claims it (:mod:`medvtab.bench.runner`). Readers ignore unfinished
+directories. ``run_id`` is a readable prefix and a hash of the spec, so the same (task, method, seed, config)
+always maps to the same directory.
 """
 from __future__ import annotations
 
@@ -39,8 +43,10 @@ class RunSpec(BaseModel):
     seen: int | None = None
     unseen: int | None = None
     train_size: int | None = None
-    options: dict = Field(default_factory=dict, description="method options (as --set KEY=VALUE)")
-    train: dict = Field(default_factory=dict, description="TrainConfig overrides: epochs, batch_size, lr, ...")
+    options: dict = Field(default_factory=dict, description="method options (as --set KEY=VALUE); a grid keeps "
+                                                            "only those that differ from the method's defaults")
+    train: dict = Field(default_factory=dict, description="TrainConfig overrides: epochs, batch_size, lr, ... "
+                                                          "(a grid keeps only those that differ from the defaults)")
 
     def key(self) -> str:
         """Hash of everything but ``group`` (two tables may share one run)."""
@@ -113,3 +119,11 @@ def grid_results(root: Path) -> list[dict]:
         out.append({"spec": spec, "run_id": spec.run_id(),
                     "metrics": _read(metrics_file) if metrics_file.is_file() else None})
     return out
+
+
+def full_options(spec: RunSpec) -> dict:
+    """The run's method options with the method's defaults filled in (a grid's specs hold only the options that
+    differ from the defaults, so the ablations' default configuration and the main table's run are one run)."""
+    from medvtab.methods import make_config
+
+    return make_config(spec.method, spec.options).model_dump()
