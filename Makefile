@@ -23,9 +23,11 @@ test: venv browser
 test-slow: venv
 	$(BIN)/python -m pytest -m slow
 
+# The main job: every method on the bundled mini suite with the bundled experts, then its report
+# (runs/demo/report.md, report.html, figures/). Rerunning resumes: finished runs are never recomputed.
 demo: venv
-	$(BIN)/medvtab train --task pneumoniamnist --method dynamer --general tiny-general --medical tiny-medical \
-		--epochs 3 --seed 0 --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/medvtab bench --suite mini --out runs/demo
+	$(BIN)/medvtab report runs/demo
 
 bench: venv
 	$(BIN)/python benchmarks/skip_speed.py
