@@ -39,7 +39,6 @@ Warnings (reported, ``ok`` stays True):
 """
 from __future__ import annotations
 
-import hashlib
 import re
 import tempfile
 from collections import defaultdict
@@ -50,7 +49,7 @@ import numpy as np
 
 from medvtab.data import tasks as _tasks
 from medvtab.data.registry import get_task, overlapping_sources
-from medvtab.data.tasks import TaskData, load_task
+from medvtab.data.tasks import TaskData, image_digest, load_task
 from medvtab.errors import MedvtabError
 
 SPLITS = ("train", "val", "test")
@@ -174,12 +173,6 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def image_digest(image: np.ndarray) -> str:
-    """blake2b-128 of an image's shape and bytes (uint8 as loaded): equal digests = byte-identical images."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(repr(tuple(image.shape)).encode())
-    h.update(np.ascontiguousarray(image).tobytes())
-    return h.hexdigest()
 
 
 def _ranges(values) -> str:

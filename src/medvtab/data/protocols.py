@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medvtab.data.tasks import (Split, TaskData, group_labels, load_task, merge_splits, partition,
+from medvtab.data.tasks import (Split, TaskData, first_copies, group_labels, load_task, merge_splits, partition,
                                 stratified_take, subsample_train)
 from medvtab.errors import MedvtabError
 
@@ -156,6 +156,11 @@ def _patient_ood(data: TaskData, protocol: Protocol, seed: int) -> TaskData:
         raise MedvtabError(f"option '--protocol patient-ood': task '{data.name}' has no patient ids (a pooled .npz "
                            f"needs a 'patient_ids' array, a split .npz '{{split}}_patient_ids' arrays)")
     pool = merge_splits(*splits)
+    # Byte-identical copies (a patient's repeated image, or one image filed under two patient ids) would land
+    # in two splits once the seen patients' images are split image-wise: keep the first copy of each.
+    distinct = first_copies(pool)
+    dropped = len(pool) - len(distinct)
+    pool = pool.subset(distinct)
     group, sizes, glabel = group_labels(pool.labels, pool.patient_ids)
     seen, unseen = protocol.seen, protocol.unseen
     if seen + unseen > len(sizes):
@@ -175,7 +180,8 @@ def _patient_ood(data: TaskData, protocol: Protocol, seed: int) -> TaskData:
     check_patient_disjoint(train, val, seen_test, unseen_split, seen, unseen)
     note = (f"patient-ood: {seen} seen patients ({len(seen_split)} images, split image-wise 70/10/20 into train/"
             f"val/seen test, stratified) and {unseen} unseen patients ({len(unseen_split)} images: the unseen test)"
-            f", drawn from {len(sizes)} patients stratified by label, seeded")
+            f", drawn from {len(sizes)} patients stratified by label, seeded"
+            + (f"; {dropped} byte-identical copies of other images dropped from the pool first" if dropped else ""))
     kept_notes = [n for n in data.notes if not n.startswith(_CARVE_NOTES)]  # those splits were pooled again
     return dataclasses.replace(data, train=train, val=val, test=seen_test, extra_tests={"unseen": unseen_split},
                                notes=[*kept_notes, note])

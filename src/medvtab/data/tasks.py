@@ -23,6 +23,7 @@ the order train, val, test (a pooled file: its rows; an ImageFolder: its files, 
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import zipfile
@@ -163,6 +164,26 @@ def resolve_task(task: str, data_root: str | Path | None = None) -> tuple[Path, 
         return path, key
     path = Path(task)
     return path, path.stem if path.suffix == ".npz" else path.name
+
+
+def image_digest(image: np.ndarray) -> str:
+    """blake2b-128 of an image's shape and bytes (uint8 as loaded): equal digests = byte-identical images."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr(tuple(image.shape)).encode())
+    h.update(np.ascontiguousarray(image).tobytes())
+    return h.hexdigest()
+
+
+def first_copies(split: Split) -> np.ndarray:
+    """Positions of the first occurrence of every distinct image (byte-identical copies after it dropped)."""
+    seen: set[str] = set()
+    keep = []
+    for i, image in enumerate(split.images):
+        digest = image_digest(image)
+        if digest not in seen:
+            seen.add(digest)
+            keep.append(i)
+    return np.array(keep, dtype=np.int64)
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
