@@ -8,10 +8,11 @@ Budgets were chosen by measuring on the 2-core CPU machine medvtab is developed 
 developers' jobs share (load average 3-8 during these measurements):
 
 * threads. One torch thread per run (``medvtab bench`` default, ``--threads``): with two threads, OpenMP stalls
-  whenever another job holds a core. DynaMer, 64 BreastMNIST train images, 1 epoch, at load 6: 19.0 s with
-  ``torch.set_num_threads(2)``, 4.3 s with one thread; the quick suite with two threads had done 38 of its 55
-  runs after 10 minutes, with one thread all 55 in 2.5 minutes. On a quiet machine two threads gain ~1.5x at
-  most on these 28 px models; a grid gains more from ``--executor ray --workers N``.
+  whenever another job holds a core. DynaMer, 64 BreastMNIST train images, 1 epoch (load, checks, training,
+  validation and test): at load 6, 19.0 s with ``torch.set_num_threads(2)`` and 4.3 s with one thread; at
+  load 3, 14.4 and 20.2 s with two threads and 3.0 s (twice) with one. The quick suite with two threads had
+  done 38 of its 55 runs after 10 minutes; with one thread all 55 took 2.5 minutes. A grid scales across
+  processes instead (``--executor ray --workers N``, one thread each).
 * cost per method: CPU seconds of one run of 1 epoch (512 PneumoniaMNIST train images, then the 524 validation
   and the 624 test images, load and checks included), one thread:
       linear 3.1 (backbone features computed once), partial 3.2, full 4.2, vpt-shallow 4.4, vpt-deep 5.1,
@@ -24,12 +25,13 @@ Profiles (runs: main 42, patient-ood 15, fewshot 12 for ``mini``; 17 for ``mini-
 configuration is the main table's RetinaMNIST DynaMer run when both suites share a store):
 
 * default: 3 epochs (patience 2: the best validation epoch's weights are kept), batch 32, train capped at
-  384 images (retinamnist 1080, pneumoniamnist 4708 and breastmnist 546 -> 384; validation and test sets
+  256 images (retinamnist 1080, pneumoniamnist 4708 and breastmnist 546 -> 256; validation and test sets
   whole); patient-OOD with the paper's Table 8 settings on 160 patients (100/60, 80/80, 60/100 seen/unseen);
-  few-shot fractions 0.1, 0.3, 1.0 of BreastMNIST's 546 train images. About 13 CPU-minutes for ``mini`` and
-  4 for ``mini-ablations`` (an estimate from the table above; measured wall times are in the README).
+  few-shot fractions 0.1, 0.3, 1.0 of BreastMNIST's 546 train images. Measured (nice, load 1-4):
+  ``mini`` 540 s wall (455 CPU-s), ``mini-ablations`` 251 s wall (159 CPU-s): 13 minutes for both. With a
+  cap of 384 the two took 29 minutes at load 4-7 (12.5 CPU-minutes): too close to the 30-minute budget.
 * quick: 1 epoch, train capped at 64, one patient-OOD setting (100 seen / 60 unseen), fractions 0.1 and 0.3:
-  about 2.5 CPU-minutes; measured 4 minutes wall for ``mini --quick`` at load 5-6 (train cap 128 then).
+  ``mini --quick`` measured 134 s wall at load 1 (122 CPU-s; 241 s at load 5-6 with a cap of 128).
 
 ``--seeds 3`` (the real comparison) triples the time. ``configs/mini.yaml`` is the default profile as YAML.
 """
