@@ -32,6 +32,15 @@ def scatter_tokens(tokens: torch.Tensor, index: torch.Tensor, values: torch.Tens
     return flat.view_as(tokens)
 
 
+def put_tokens(tokens: torch.Tensor, index: torch.Tensor, values: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """:func:`scatter_tokens`, or with ``inplace`` (only where autograd is off and the caller owns ``tokens``) the
+    rows written into ``tokens`` itself: the same values without copying the whole tensor."""
+    if not (inplace and tokens.is_contiguous()):
+        return scatter_tokens(tokens, index, values)
+    tokens.view(-1, tokens.shape[-1]).index_copy_(0, _flat_rows(tokens, index), values.flatten(0, 1))
+    return tokens
+
+
 @dataclass(frozen=True)
 class BackboneInfo:
     spec: str
@@ -74,6 +83,10 @@ class Backbone(nn.Module):
         self.model.requires_grad_(False)
         self.model.eval()
 
+    # Recompute each block in the backward pass instead of keeping its activations (less memory for adapters
+    # that train through frozen blocks, about one more forward of compute); only where autograd records.
+    grad_checkpointing = False
+
     # --- what subclasses provide -------------------------------------------------------------------
     architecture = "vit"
     num_prefix_tokens: int
@@ -94,6 +107,11 @@ class Backbone(nn.Module):
     def summary(self, tokens: torch.Tensor) -> torch.Tensor:
         """Final normed summary token ``(B, D)``: the CLS token, or the mean of patch tokens without one."""
         raise NotImplementedError
+
+    @property
+    def summary_reads_cls_only(self) -> bool:
+        """Whether :meth:`summary` reads token 0 alone (then nothing after the last block needs the others)."""
+        return False
 
     def final_norm(self) -> nn.Module:
         """The module holding the parameters applied after the last block (trained by partial tuning)."""
@@ -117,21 +135,31 @@ class Backbone(nn.Module):
                               align_corners=False, antialias=downsampling)
         return (x - self.mean) / self.std
 
-    def run_block(self, i: int, tokens: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def block_rows(self, keep: torch.Tensor) -> torch.Tensor:
+        """Token rows ``(B, P + K)`` a subset block runs on: the prefix, then the patch tokens at ``keep``."""
+        p = self.num_prefix_tokens
+        if not p:
+            return keep
+        prefix = torch.arange(p, device=keep.device, dtype=keep.dtype).expand(keep.shape[0], p)
+        return torch.cat([prefix, keep + p], dim=1)
+
+    def run_block(self, i: int, tokens: torch.Tensor, keep: torch.Tensor | None = None,
+                  subset: torch.Tensor | None = None, inplace: bool = False) -> torch.Tensor:
         """Block ``i`` on all tokens, or only on the prefix plus the patch tokens at ``keep`` (B, K):
-        the others pass through unchanged (block skipping)."""
+        the others pass through unchanged (block skipping).
+
+        ``subset``: the block's input rows ``(B, P + K)`` (prefix, then the kept tokens) when the caller already
+        holds them (a DynaMer layer hands over the tokens it adapted, so they are not scattered and gathered
+        again); ``tokens`` then only supplies the skipped rows. ``inplace``: write the result into ``tokens``
+        (the caller owns it and autograd is off). Either way the values are those of the plain path: one gather,
+        the block, one scatter."""
         if keep is None:
             return self.block(i, tokens)
-        p = self.num_prefix_tokens
-        rows = keep + p
-        subset = gather_tokens(tokens, rows)
-        if p:
-            subset = torch.cat([tokens[:, :p], subset], dim=1)
+        rows = self.block_rows(keep)
+        if subset is None:
+            subset = gather_tokens(tokens, rows)
         out = self.block(i, subset, keep)
-        result = scatter_tokens(tokens, rows, out[:, p:])
-        if p:
-            result = torch.cat([out[:, :p], result[:, p:]], dim=1)
-        return result
+        return put_tokens(tokens, rows, out, inplace)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         tokens = self.embed(self.preprocess(images))

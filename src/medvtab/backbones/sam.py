@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from timm.models.vision_transformer_sam import VisionTransformerSAM
 
 from medvtab.backbones.base import Backbone
@@ -36,6 +37,11 @@ class SamBackbone(Backbone):
         return x.flatten(1, 2)
 
     def block(self, i, tokens, patch_index=None):
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(self._block, i, tokens, patch_index, use_reentrant=False)
+        return self._block(i, tokens, patch_index)
+
+    def _block(self, i, tokens, patch_index=None):
         blk = self.model.blocks[i]
         if patch_index is None:
             b, n, c = tokens.shape
@@ -69,9 +75,21 @@ def _relative_bias(q, table, coord, size):
 def _window_padding(grid, ws):
     """Positions SAM's window partition adds (zeros, after ``norm1``) so the grid splits into whole windows."""
     hp, wp = -(-grid[0] // ws) * ws, -(-grid[1] // ws) * ws
-    rows, cols = torch.meshgrid(torch.arange(hp), torch.arange(wp), indexing="ij")
+    rows, cols = torch.meshgrid(torch.arange(hp, device="cpu"), torch.arange(wp, device="cpu"), indexing="ij")
     pad = (rows >= grid[0]) | (cols >= grid[1])
     return torch.stack([rows[pad], cols[pad]], -1)
+
+
+_PADDING: dict[tuple, torch.Tensor] = {}
+
+
+def window_padding(grid, ws, device) -> torch.Tensor:
+    """:func:`_window_padding` on ``device``, computed once per grid, window size and device (not in every
+    subset block: no host-built index per call, and no copy to the GPU on the hot path)."""
+    key = (tuple(grid), ws, str(device))
+    if key not in _PADDING:
+        _PADDING[key] = _window_padding(grid, ws).to(device)
+    return _PADDING[key]
 
 
 def sam_block_on_subset(blk, tokens, positions, grid):
@@ -83,7 +101,7 @@ def sam_block_on_subset(blk, tokens, positions, grid):
     if blk.window_size > 0:
         # Edge windows of a grid the window size does not divide hold SAM's zero padding, which their
         # tokens attend to: the padding joins the subset here and is dropped after attention.
-        pad = _window_padding(grid, blk.window_size).to(positions.device)
+        pad = window_padding(grid, blk.window_size, positions.device)
         if len(pad):
             x = torch.cat([x, x.new_zeros(b, len(pad), c)], dim=1)
             positions = torch.cat([positions, pad.expand(b, -1, -1)], dim=1)

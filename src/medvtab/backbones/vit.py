@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from timm.models.vision_transformer import VisionTransformer
 
 from medvtab.backbones.base import Backbone
@@ -36,11 +37,20 @@ class ViTBackbone(Backbone):
 
     def block(self, i, tokens, patch_index=None):
         # Positions are already in the tokens, so a subset runs through the same block unchanged.
-        return self.model.blocks[i](tokens)
+        blk = self.model.blocks[i]
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(blk, tokens, use_reentrant=False)
+        return blk(tokens)
 
     def summary(self, tokens):
         m = self.model
         return m.forward_head(m.norm(tokens), pre_logits=True)
+
+    @property
+    def summary_reads_cls_only(self) -> bool:
+        """True for CLS pooling ("token"): the final norm works per token, so only token 0 matters."""
+        m = self.model
+        return m.global_pool == "token" and m.attn_pool is None and self.has_cls
 
     def final_norm(self):
         return nn.ModuleList([self.model.norm, self.model.fc_norm])

@@ -16,6 +16,14 @@ Per layer ``l`` and merged token pair ``(x_gen,i, x_med,i)`` (patch tokens; CLS 
   backbone block (the only way skipping saves real time: the adapter is a few percent of the FLOPs).
 * A Switch-style load-balancing loss (``balance_weight``) keeps experts from collapsing.
 
+Speed (results unchanged; ``DynaMerModel.set_fast(False)`` runs the plain reference, which the tests compare
+with): the load-balancing loss is computed only when asked for (training); in block mode a layer hands the
+tokens it adapted straight to the next block (no scatter and gather of the same rows in between; see
+:mod:`medvtab.methods.dual_stream`), and without autograd stream tensors are updated in place; after the last
+block, in evaluation, only what the summaries read is adapted (the CLS pair when both streams pool their CLS);
+the experts' bias term joins the up-projection's product; and the MoE runs dense or gathered per size
+(:meth:`SharedExperts.choose`). ``medvtab perf`` measures all of it.
+
 Choices where the paper is silent: up-projections start at N(0, 1e-3) and gates at 0.5, so every layer
 starts close to the identity while all routers already receive gradients; routers are two-layer MLPs of
 width ``router_hidden``; with different backbone widths experts output the larger width and a linear map per
@@ -32,7 +40,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from medvtab.backbones import Backbone, check_alignment
-from medvtab.backbones.base import BackboneInfo, gather_tokens, scatter_tokens
+from medvtab.backbones.base import BackboneInfo, gather_tokens, put_tokens, scatter_tokens
 from medvtab.errors import MedvtabError
 from medvtab.methods.base import AdaptedModel, MethodConfig, register_method
 from medvtab.methods.dual_stream import DualStreamRunner
@@ -84,18 +92,40 @@ def _mlp(width: int, hidden: int, out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, out))
 
 
-class SharedExperts(nn.Module):
-    """``n`` bottleneck MLPs on the token pair, computed densely as two fused matrix products: the hidden
-    activations of all experts at once, then one up-projection of the routing-weighted activations
-    (unselected experts have weight 0, so they contribute nothing)."""
+# When the MoE is computed gathered (each token through its top-k experts only) instead of densely (all experts
+# as two fused matrix products, unselected ones weighted 0). Measured with `medvtab perf` (section "moe": 1,600
+# and 12,800 token rows, 4, 8 and 16 experts, top-2, the tiny pair's widths; four runs) on the 2-core development
+# CPU: with the default 4 experts dense is faster everywhere (gathering the rows, sorting them by expert and
+# scattering the results back cost more than the half of the products it saves: gathered 1.4x-2.3x slower); at 8
+# experts gathered is faster for one stream's pass (a skipping router's kept tokens; about 1.1x-1.3x) but not where
+# dense computes one down-projection for both streams (keep ratio 1: dense shares it, gathered cannot); at 16
+# experts gathered wins everywhere (1.3x-2.5x). Rule: gathered over at least GATHER_MIN_ROWS token rows with at
+# least GATHER_MIN_RATIO experts per selected one (GATHER_MIN_RATIO_SHARED where dense would share its
+# activations between the streams), dense otherwise. The gathered path needs each expert's token count on the host
+# (a synchronisation on a GPU, where routing must not wait for the host), so "auto" is dense there.
+GATHER_MIN_ROWS = 1024
+GATHER_MIN_RATIO = 4
+GATHER_MIN_RATIO_SHARED = 8
+MOE_IMPLS = ("auto", "dense", "gathered")
 
-    def __init__(self, in_dim: int, bottleneck: int, out_dim: int, num_experts: int):
+
+class SharedExperts(nn.Module):
+    """``n`` bottleneck MLPs on the token pair.
+
+    Densely (:meth:`hidden` + :meth:`mix`, the reference): the hidden activations of all experts at once, then
+    one up-projection of the routing-weighted activations (unselected experts have weight 0, so they contribute
+    nothing). Gathered (:meth:`gathered`): the (token, expert) pairs sorted by expert, each expert's two products
+    on its own tokens only, the weighted outputs summed back per token. Both give the same output (up to float
+    rounding); ``impl`` picks one ("auto": :meth:`choose`)."""
+
+    def __init__(self, in_dim: int, bottleneck: int, out_dim: int, num_experts: int, top_k: int = 2):
         super().__init__()
-        self.num_experts, self.bottleneck = num_experts, bottleneck
+        self.num_experts, self.bottleneck, self.top_k = num_experts, bottleneck, top_k
         self.down = nn.Linear(in_dim, num_experts * bottleneck)
         self.up = nn.Linear(num_experts * bottleneck, out_dim, bias=False)
         self.up_bias = nn.Parameter(torch.zeros(num_experts, out_dim))
         nn.init.normal_(self.up.weight, std=1e-3)
+        self.impl = "auto"
 
     def hidden(self, pair: torch.Tensor) -> torch.Tensor:
         return F.gelu(self.down(pair))
@@ -104,6 +134,47 @@ class SharedExperts(nn.Module):
         """``sum_j weights_j * up_j(hidden_j)`` for sparse ``weights`` (..., n)."""
         h = hidden.unflatten(-1, (self.num_experts, self.bottleneck)) * weights.unsqueeze(-1)
         return self.up(h.flatten(-2)) + weights @ self.up_bias
+
+    def mix_folded(self, hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """:meth:`mix` as one product: the weights join the weighted activations and the expert biases the
+        up-projection's columns (a (n x out) product of its own costs as much as the big one on a CPU)."""
+        h = hidden.unflatten(-1, (self.num_experts, self.bottleneck)) * weights.unsqueeze(-1)
+        h = torch.cat([h.flatten(-2), weights], dim=-1)
+        return F.linear(h, torch.cat([self.up.weight, self.up_bias.t()], dim=1))
+
+    def gathered(self, pair: torch.Tensor, top_idx: torch.Tensor, top_w: torch.Tensor) -> torch.Tensor:
+        """``sum_k top_w_k * (up_j(gelu(down_j(pair))) + up_bias_j)`` over each token's experts ``j = top_idx_k``,
+        computing each expert on its own tokens only. ``pair`` (..., in), ``top_idx``/``top_w`` (..., k)."""
+        n, b, k = self.num_experts, self.bottleneck, top_idx.shape[-1]
+        lead = pair.shape[:-1]
+        flat = pair.reshape(-1, pair.shape[-1])
+        experts = top_idx.reshape(-1)
+        order = torch.argsort(experts, stable=True)  # (token, slot) pairs grouped by expert
+        counts = torch.bincount(experts, minlength=n).tolist()  # host sync: per-expert segment sizes
+        x = flat.index_select(0, order.div(k, rounding_mode="floor"))
+        down_w = self.down.weight.view(n, b, -1)
+        down_b = self.down.bias.view(n, b)
+        outs = []
+        for j, chunk in enumerate(x.split(counts)):
+            if counts[j]:
+                h = F.gelu(F.linear(chunk, down_w[j], down_b[j]))
+                outs.append(F.linear(h, self.up.weight[:, j * b:(j + 1) * b], self.up_bias[j]))
+        y = torch.cat(outs)
+        back = torch.empty_like(order)
+        back[order] = torch.arange(order.numel(), device=order.device)
+        y = y.index_select(0, back).view(-1, k, y.shape[-1])  # (tokens, k, out) in slot order again
+        out = torch.bmm(top_w.reshape(-1, 1, k).to(y.dtype), y).squeeze(1)
+        return out.view(*lead, out.shape[-1])
+
+    def choose(self, rows: int, device: torch.device, shared: bool = False) -> str:
+        """The implementation for one pass over ``rows`` token rows; ``shared``: dense would compute its hidden
+        activations once for both streams (keep ratio 1)."""
+        if self.impl != "auto":
+            return self.impl
+        if device.type != "cpu" or rows < GATHER_MIN_ROWS:
+            return "dense"
+        ratio = GATHER_MIN_RATIO_SHARED if shared else GATHER_MIN_RATIO
+        return "gathered" if self.num_experts >= ratio * self.top_k else "dense"
 
 
 class StreamParts(nn.Module):
@@ -139,12 +210,17 @@ class DynaMerLayer(nn.Module):
         self.num_patches = general.num_patches
         self.keep = math.ceil(cfg.keep_ratio * self.num_patches)
         expert_width = max(general.width, medical.width)
-        self.experts = SharedExperts(general.width + medical.width, cfg.bottleneck, expert_width, cfg.num_experts)
+        self.experts = SharedExperts(general.width + medical.width, cfg.bottleneck, expert_width, cfg.num_experts,
+                                     cfg.top_k)
         gated = {"general": cfg.gates in ("both", "general"), "medical": cfg.gates in ("both", "medical")}
         self.streams = nn.ModuleList(
             StreamParts(info.width, expert_width, cfg, gated[name]) for name, info in zip(STREAMS, (general, medical)))
-        self.aux_loss: torch.Tensor | None = None
+        self.widths = (general.width, medical.width)
+        self.prefixes = (general.num_prefix_tokens, medical.num_prefix_tokens)
+        self._aux: torch.Tensor | None = None
+        self._balance: list[tuple[torch.Tensor, torch.Tensor]] = []  # (logits, weights) of the last training forward
         self.record_stats = False
+        self.fast = True  # False: the reference implementation (kept for the equality tests)
         self.register_buffer("stats", torch.zeros(2, cfg.num_experts + 3), persistent=False)
 
     # -- routing pieces ------------------------------------------------------------------------------
@@ -198,7 +274,131 @@ class DynaMerLayer(nn.Module):
         row[n + 2] += b
 
     # -- the hook ------------------------------------------------------------------------------------
-    def forward(self, xg: torch.Tensor, xm: torch.Tensor):
+    @property
+    def fast_protocol(self) -> bool:
+        return self.fast
+
+    @property
+    def aux_loss(self) -> torch.Tensor | None:
+        """The load-balancing loss of the last forward (computed when asked: evaluation never needs it)."""
+        if self._aux is None and self._balance:
+            self._aux = torch.stack([self._balance_loss(*pair) for pair in self._balance]).sum()
+            self._balance = []
+        return self._aux
+
+    def _balance_loss(self, logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        n = self.cfg.num_experts
+        dispatch = (weights > 0).flatten(0, -2).float().mean(0) / self.cfg.top_k
+        return n * (dispatch * logits.softmax(-1).flatten(0, -2).mean(0)).sum()
+
+    def forward(self, xg: torch.Tensor, xm: torch.Tensor, carry: bool | None = None,
+                needed: tuple[str, str] | None = None):
+        """The layer on both streams -> ``(xg, xm, keep_g, keep_m)``; with ``carry`` given (the runner's fast
+        protocol, see :mod:`medvtab.methods.dual_stream`) also the adapted rows ``(sub_g, sub_m)`` for the next
+        block, and the stream tensors may be written in place (autograd off)."""
+        if not self.fast:
+            return self.forward_reference(xg, xm)
+        out = self._forward_fast(xg, xm, bool(carry), needed, inplace=carry is not None and not torch.is_grad_enabled())
+        return out if carry is not None else out[:4]
+
+    def _delta(self, s: int, x: torch.Tensor, pair: torch.Tensor | None, hidden: torch.Tensor | None,
+               router_weight: torch.Tensor | None, merged_len: int) -> torch.Tensor:
+        """Stream ``s``'s gated change of its tokens ``x`` (the same values as :meth:`_update` minus ``x``): from
+        the shared dense ``hidden`` when given, else from ``pair`` (dense or gathered, per :meth:`SharedExperts.choose`)."""
+        parts = self.streams[s]
+        logits = parts.router(x)
+        top_val, top_idx = logits.topk(self.cfg.top_k, dim=-1)
+        top_w = top_val.softmax(dim=-1)
+        impl = "dense" if hidden is not None else self.experts.choose(x.shape[0] * x.shape[1], x.device)
+        weights = None
+        if impl == "dense" or self.training or self.record_stats:
+            weights = torch.zeros_like(logits).scatter(-1, top_idx, top_w)
+        if self.training:
+            self._balance.append((logits, weights))
+        # The change is linear in the expert weights: a router weight folds into them (not past a projection's bias).
+        fold = router_weight is not None and parts.project is None
+        if impl == "dense":
+            w = weights * router_weight.unsqueeze(-1) if fold else weights
+            delta = self.experts.mix_folded(hidden if hidden is not None else self.experts.hidden(pair), w)
+        else:
+            w = top_w * router_weight.unsqueeze(-1) if fold else top_w
+            delta = self.experts.gathered(pair, top_idx, w)
+        if parts.project is not None:
+            delta = parts.project(delta)
+        gate = parts.gate_values(x) if parts.gate is not None else None
+        if gate is not None:
+            delta = gate * delta  # eq. 3
+        if router_weight is not None and not fold:
+            delta = delta * router_weight.unsqueeze(-1)
+        if self.record_stats and not self.training:
+            self._record(s, weights, gate, x.shape[1] / merged_len)
+        return delta
+
+    def _forward_fast(self, xg: torch.Tensor, xm: torch.Tensor, carry: bool, needed, inplace: bool):
+        full = (xg, xm)
+        starts = self.starts
+        if needed is None or self.training or self.record_stats:
+            needed = ("all", "all")
+        self._aux, self._balance = None, []
+        merged = [xg[:, starts[0]:], xm[:, starts[1]:]]
+        merged_len = merged[0].shape[1]
+        skip = self.streams[0].skip_router is not None
+        outs: list[tuple | None] = [None, None]
+        keeps = [None, None]
+        shared = pair_all = None
+        if not skip and "all" in needed:
+            pair_all = torch.cat(merged, dim=-1)
+            token_rows = pair_all.shape[0] * pair_all.shape[1]
+            if needed == ("all", "all") and self.experts.choose(token_rows, xg.device, shared=True) == "dense":
+                shared = self.experts.hidden(pair_all)  # one pass serves both streams
+        for s in (0, 1):
+            if needed[s] == "none":  # nothing of this stream's output is read
+                continue
+            if needed[s] == "cls":  # only the CLS (row 0, merged) is read: adapt it alone
+                x = merged[s][:, :1]
+                pair = torch.cat([merged[0][:, :1], merged[1][:, :1]], dim=-1)
+                outs[s] = ("cls", x + self._delta(s, x, pair, None, None, merged_len))
+            elif not skip:
+                outs[s] = ("all", self._delta(s, merged[s], pair_all, shared, None, merged_len))
+            else:
+                keep, rows, weight = self._select(self.streams[s], merged[s])
+                pair = torch.cat([gather_tokens(full[0], rows + starts[0]),
+                                  gather_tokens(full[1], rows + starts[1])], dim=-1)
+                x = pair[..., :self.widths[0]] if s == 0 else pair[..., self.widths[0]:]
+                outs[s] = ("rows", rows, x + self._delta(s, x, pair, None, weight, merged_len))
+                if self.cfg.skip_mode == "block":
+                    keeps[s] = keep
+        # Both streams' inputs have been read: now the outputs may overwrite them.
+        new, subs = list(full), [None, None]
+        for s in (0, 1):
+            if outs[s] is None:
+                continue
+            tokens, start = full[s], starts[s]
+            if outs[s][0] == "all":
+                delta = outs[s][1]
+                if inplace and tokens.is_contiguous():
+                    tokens[:, start:].add_(delta)
+                else:
+                    updated = merged[s] + delta
+                    new[s] = torch.cat([tokens[:, :start], updated], dim=1) if start else updated
+            elif outs[s][0] == "cls":
+                if inplace:
+                    tokens[:, :1] = outs[s][1]
+                else:
+                    new[s] = torch.cat([outs[s][1], tokens[:, 1:]], dim=1)
+            else:
+                _, rows, values = outs[s]
+                if carry and keeps[s] is not None:
+                    # The next block runs on exactly these rows: hand them over (prefix first, as run_block
+                    # orders them); the stream tensor stays stale there until the block's output lands.
+                    p = self.prefixes[s]
+                    subs[s] = values if start == 0 else torch.cat([tokens[:, :p], values], dim=1)
+                else:
+                    new[s] = put_tokens(tokens, rows + start, values, inplace)
+        return new[0], new[1], keeps[0], keeps[1], subs[0], subs[1]
+
+    def forward_reference(self, xg: torch.Tensor, xm: torch.Tensor):
+        """The plain implementation, kept as the reference the fast path is tested against."""
         sg, sm = self.starts
         merged = [xg[:, sg:], xm[:, sm:]]
         merged_len = merged[0].shape[1]
@@ -221,7 +421,7 @@ class DynaMerLayer(nn.Module):
                 balances.append(bal)
                 if self.cfg.skip_mode == "block":
                     keeps[s] = keep
-        self.aux_loss = torch.stack(balances).sum()
+        self._aux, self._balance = torch.stack(balances).sum(), []
         xg = torch.cat([xg[:, :sg], new[0]], dim=1) if sg else new[0]
         xm = torch.cat([xm[:, :sm], new[1]], dim=1) if sm else new[1]
         return xg, xm, keeps[0], keeps[1]
@@ -254,9 +454,23 @@ class DynaMerModel(AdaptedModel):
         self.head = nn.Linear(general.width + medical.width, num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        xg, xm = self.runner(images)
+        xg, xm = self.runner(images, summaries_only=True)
         features = torch.cat([self.runner.general.summary(xg), self.runner.medical.summary(xm)], dim=-1)
         return self.head(features)
+
+    def set_fast(self, on: bool) -> None:
+        """False: run the reference implementation (plain runner protocol, the layers' reference forward)."""
+        self.runner.fast = on
+        for _, layer in self._layers():
+            layer.fast = on
+
+    def set_moe_impl(self, impl: str) -> None:
+        """How every layer computes its experts: "auto" (by size, see :class:`SharedExperts`), "dense" or
+        "gathered"."""
+        if impl not in MOE_IMPLS:
+            raise MedvtabError(f"MoE implementation must be one of {', '.join(MOE_IMPLS)}, got '{impl}'")
+        for _, layer in self._layers():
+            layer.experts.impl = impl
 
     def _layers(self):
         return [(int(i), layer) for i, layer in self.runner.hooks.items()]
