@@ -205,3 +205,24 @@ def test_run_directories(tmp_path_factory, data):
     (run / "config.json").write_bytes(data)
     (run / "adapter.safetensors").write_bytes(data[::-1])
     outcome("run directory", lambda: load_run(run))
+
+
+# ---------------------------------------------------------------- grid configs (YAML)
+
+YAML_KEYS = st.sampled_from(["name", "seeds", "tasks", "methods", "groups", "train", "train_size", "options",
+                             "protocols", "general", "medical", "device", "unknown"])
+YAML_VALUES = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-3, 5), st.floats(allow_nan=True),
+                                     st.sampled_from(["all", "dynamer", "linear", "retinamnist", "fewshot", "x"])),
+                           lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                   st.dictionaries(YAML_KEYS, inner, max_size=3)), max_leaves=8)
+
+
+@FUZZ
+@given(st.one_of(st.text(max_size=120), st.dictionaries(YAML_KEYS, YAML_VALUES, max_size=5).map(
+    lambda d: __import__("yaml").safe_dump(d))))
+def test_grid_yaml(tmp_path_factory, text):
+    from medvtab.bench.grid import expand_grid, load_grid_file
+
+    path = fresh(tmp_path_factory, "grid") / "grid.yaml"
+    path.write_text(text, encoding="utf-8", errors="replace")
+    outcome("grid yaml", lambda: expand_grid(load_grid_file(path)))
