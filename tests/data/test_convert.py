@@ -360,3 +360,20 @@ def test_mixed_grey_and_colour_become_rgb(tmp_path, real):
     assert np.array_equal(stored[i], colour)
     j = [r["source_path"] for r in rows].index("pneumonia/img005.png")  # images[20], grey, repeated
     assert np.array_equal(stored[j], np.repeat(images[20][..., None], 3, -1))
+
+
+def test_csv_paths_outside_the_raw_root_need_allow_outside_root(tmp_path, real):
+    images, _ = real
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    Image.fromarray(images[0]).save(tmp_path / "outside.png")
+    Image.fromarray(images[1]).save(raw / "in.png")
+    (raw / "link.png").symlink_to(tmp_path / "outside.png")
+    for rel in ("../outside.png", str(tmp_path / "outside.png"), "link.png"):
+        write_csv(raw / "labels.csv", ["image", "label"], [["in.png", 0], [rel, 1]])
+        with pytest.raises(MedvtabError, match=r"line 3: image .* lies outside the raw root .*--allow-outside-root"):
+            prepare("c", raw, tmp_path / "out", layout="csv", image_size=SIZE)
+        no_leftovers(tmp_path / "out")
+    meta = prepare("c", raw, tmp_path / "out", layout="csv", image_size=SIZE, allow_outside_root=True)
+    assert meta["images"] == 2
+    assert read_manifest(tmp_path / "out")[1]["source_path"] == str((tmp_path / "outside.png").resolve())

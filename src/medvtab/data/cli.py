@@ -95,6 +95,8 @@ def prepare(
     slices: int = typer.Option(8, min=1, help="nifti layout: the middle K axial slices of each volume."),
     uncertain: str = typer.Option("ignore", help="csv multi-label: CheXpert's uncertain (-1) marks: ignore (kept "
                                                  "as unknown, masked from loss and metrics), zeros or ones."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="csv layout: accept image paths "
+                                                                              "that resolve outside --src."),
 ):
     """Convert a raw download into a prepared directory (task.json, manifest.csv, images_<size>.npy).
 
@@ -111,7 +113,7 @@ def prepare(
     meta = run_prepare(task, src, out, layout=layout, image_size=image_size, csv_path=csv_file,
                        label_column=label_column, image_column=image_column, patient_column=patient_column,
                        split_column=split_column, window=(centre, width), slices=slices,
-                       uncertain=uncertain)
+                       uncertain=uncertain, allow_outside_root=allow_outside_root)
     kind = "labels (multi-label)" if meta["task_type"] == "multi-label" else "classes"
     print(f"prepared {meta['name']}: {meta['images']} images, {meta['num_classes']} {kind}, "
           f"{meta['image_size']}x{meta['image_size']}x{meta['channels']} ({meta['layout']}) -> {out}")

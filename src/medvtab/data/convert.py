@@ -14,6 +14,8 @@ Layouts:
   uncertain policy ``--uncertain`` (Irvin et al. 2019) is ``ignore`` (default: kept as -1, masked out of
   the loss and the metrics), ``zeros`` (U-Zeros: negative) or ``ones`` (U-Ones: positive). Without a patient
   column, a path component ``patientNNNNN`` (CheXpert's layout) is the patient id and ``studyN`` the study.
+  An image path that resolves (symlinks and ``..`` followed) outside RAW is refused unless
+  ``--allow-outside-root``; the manifest then records its absolute path.
 - ``npz``: a MedMNIST-style or pooled ``.npz`` (read as :func:`medvtab.data.tasks.load_task` reads it).
 - ``dicom``: ``RAW/CLASS/**/*.dcm`` (or ``RAW/{train,val,test}/CLASS/**``), read with pydicom. Policy:
   pixel values go through RescaleSlope / RescaleIntercept; CT (Modality CT) is windowed (``--window
@@ -278,7 +280,7 @@ def _component(rel: str, pattern: str) -> str:
 
 
 def _csv(src: Path, size: int, csv_path=None, label_column=None, image_column=None, patient_column=None,
-         split_column=None, window=DEFAULT_WINDOW, uncertain="ignore", **_) -> tuple[list[Item], list[np.ndarray], dict]:
+         split_column=None, window=DEFAULT_WINDOW, uncertain="ignore", allow_outside_root=False, **_) -> tuple[list[Item], list[np.ndarray], dict]:
     file = Path(csv_path) if csv_path is not None else src / "labels.csv"
     if not file.is_file():
         raise MedvtabError(f"{file}: no such CSV file (pass --csv FILE)")
@@ -348,6 +350,10 @@ def _csv(src: Path, size: int, csv_path=None, label_column=None, image_column=No
             path = next((p for p in tries if p.is_file()), None)
             if path is None:
                 raise MedvtabError(f"{file}: line {n}: image '{rel}' not found under {src}")
+        inside = path.resolve().is_relative_to(src.resolve())  # symlinks and '..' resolved
+        if not inside and not allow_outside_root:
+            raise MedvtabError(f"{file}: line {n}: image '{rel}' lies outside the raw root {src}; pass "
+                               f"--allow-outside-root if that is intended")
         split = ""
         if split_col is not None and (r[split_col] or "").strip():
             split = SPLIT_NAMES.get(r[split_col].strip().lower())
@@ -361,7 +367,8 @@ def _csv(src: Path, size: int, csv_path=None, label_column=None, image_column=No
         else:
             image = read_image(path, size)
         images.append(image)
-        items.append(Item(path.relative_to(src).as_posix(), label, pid, study, split))
+        items.append(Item(path.relative_to(src).as_posix() if inside else str(path.resolve()), label, pid, study,
+                          split))
     policy = {"csv": str(file), "image_column": image_col, "label_column": label_col, "one_hot_columns": one_hot,
               "patient_column": patient_col, "split_column": split_col, "resize": "bilinear"}
     if label_names:
@@ -401,7 +408,7 @@ def prepare(task: str, src: str | Path, out: str | Path, *, layout: str | None =
             csv_path: str | Path | None = None, label_column: str | None = None, image_column: str | None = None,
             patient_column: str | None = None, split_column: str | None = None,
             window: tuple[float, float] = DEFAULT_WINDOW, slices: int = DEFAULT_SLICES,
-            uncertain: str = "ignore") -> dict:
+            uncertain: str = "ignore", allow_outside_root: bool = False) -> dict:
     """Convert ``src`` into the prepared directory ``out``; returns its task.json. See the module docstring."""
     from medvtab.data.registry import get_task, task_dict
 
@@ -431,7 +438,7 @@ def prepare(task: str, src: str | Path, out: str | Path, *, layout: str | None =
     items, images, policy = READERS[layout](src, image_size, csv_path=csv_path, label_column=label_column,
                                             image_column=image_column, patient_column=patient_column,
                                             split_column=split_column, window=tuple(window), slices=slices,
-                                            uncertain=uncertain)
+                                            uncertain=uncertain, allow_outside_root=allow_outside_root)
     if not items:
         raise MedvtabError(f"{src}: no images found")
     splits = [it.split for it in items]
