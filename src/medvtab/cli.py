@@ -332,9 +332,12 @@ def report(
 @app.command()
 def perf(
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON (for machines) instead of tables."),
-    general: str = typer.Option("tiny-general", help="General-domain backbone spec (e.g. the ViT-B pair on a GPU)."),
-    medical: str = typer.Option("tiny-medical", help="Medical-domain backbone spec."),
-    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N (bf16 autocast and SDPA attention on a GPU)."),
+    general: str = typer.Option("tiny-general", help="General-domain backbone spec, or random:NAME for a real "
+                                                     "layout from random weights (random:dinov2-vitb14; on a GPU "
+                                                     "with random:lvmmed-vitb: the paper's ViT-B pair)."),
+    medical: str = typer.Option("tiny-medical", help="Medical-domain backbone spec, or random:lvmmed-vitb."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N (bf16 autocast and SDPA attention on a GPU; the "
+                                           "GPU path has not been run on a GPU yet)."),
     quick: bool = typer.Option(False, "--quick", help="A few seconds: tiny batches, 2 rounds, 3 methods (smoke "
                                                       "tests; the numbers mean little)."),
     rounds: Optional[int] = typer.Option(None, min=1, help="Timed rounds per forward measurement (default: 9 on a "

@@ -335,3 +335,32 @@ def test_routing_does_not_synchronise_with_the_host_on_a_gpu(pair, images, skip_
             model(x)
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+# --- the ViT-B pair: random weights in the real layouts -------------------------------------------------------
+
+def test_random_layouts_and_the_vitb_flop_ratios():
+    """FLOP counts are deterministic: on the paper's ViT-B pair DynaMer adds about a tenth to both backbones and
+    block skipping removes most of the work, unlike on the tiny pair (4 blocks, the first always on every token)."""
+    from medvtab.errors import MedvtabError
+    from medvtab.perf.suite import perf_backbone, vitb_flops
+
+    backbone = perf_backbone("random:dinov2-vitb14", torch.device("cpu"))
+    assert backbone.grid == (14, 14) and backbone.width == 768 and backbone.random_init
+    with pytest.raises(MedvtabError, match="random:lvmmed-vitb"):
+        perf_backbone("random:resnet50", torch.device("cpu"))
+    ratios = vitb_flops()["ratios"]
+    assert ratios["both_over_one"] == pytest.approx(2.0, abs=0.01)
+    assert 1.05 < ratios["dynamer_over_both"] < 1.15
+    assert ratios["block_skip_speedup_0.5"] > 1.7 and ratios["block_skip_speedup_0.3"] > 2.5
+
+
+@pytest.mark.slow
+def test_the_random_vitb_pair_is_timed_on_this_device():
+    from medvtab.perf.suite import Compiler, Context, PerfConfig, measure_vitb
+
+    cfg = PerfConfig.for_profile("cpu", quick=True, vitb_batch=1, vitb_rounds=1, threads=1)
+    general = load_backbone("tiny-general")
+    out = measure_vitb(Context(cfg, torch.device("cpu"), general, general, 28, Compiler(False), clock="cpu"))
+    assert set(out["seconds_per_batch"]) == {"both", "keep:1.0", "block:0.5", "block:0.3"}
+    assert out["dynamer_over_both"]["median"] > 0 and out["block_skip_speedup_0.3"]["median"] > 0

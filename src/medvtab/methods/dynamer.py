@@ -99,7 +99,7 @@ def _mlp(width: int, hidden: int, out: int) -> nn.Sequential:
 # scattering the results back cost more than the half of the products it saves: gathered 1.4x-2.3x slower); at 8
 # experts gathered is faster for one stream's pass (a skipping router's kept tokens; about 1.1x-1.3x) but not where
 # dense computes one down-projection for both streams (keep ratio 1: dense shares it, gathered cannot); at 16
-# experts gathered wins everywhere (1.3x-2.5x). Rule: gathered over at least GATHER_MIN_ROWS token rows with at
+# experts gathered wins everywhere (1.2x-2.4x). Rule: gathered over at least GATHER_MIN_ROWS token rows with at
 # least GATHER_MIN_RATIO experts per selected one (GATHER_MIN_RATIO_SHARED where dense would share its
 # activations between the streams), dense otherwise. The gathered path needs each expert's token count on the host
 # (a synchronisation on a GPU, where routing must not wait for the host), so "auto" is dense there.
@@ -304,7 +304,8 @@ class DynaMerLayer(nn.Module):
     def _delta(self, s: int, x: torch.Tensor, pair: torch.Tensor | None, hidden: torch.Tensor | None,
                router_weight: torch.Tensor | None, merged_len: int) -> torch.Tensor:
         """Stream ``s``'s gated change of its tokens ``x`` (the same values as :meth:`_update` minus ``x``): from
-        the shared dense ``hidden`` when given, else from ``pair`` (dense or gathered, per :meth:`SharedExperts.choose`)."""
+        the shared dense ``hidden`` when given, else from ``pair`` (dense or gathered, per
+        :meth:`SharedExperts.choose`)."""
         parts = self.streams[s]
         logits = parts.router(x)
         top_val, top_idx = logits.topk(self.cfg.top_k, dim=-1)

@@ -97,7 +97,8 @@ def print_tables(result: dict, console: Console | None = None) -> None:
     console.print(t)
 
     ld = result["loading"]
-    console.print(f"5. loading {ld['loading_images_per_s']:,.0f} images/s vs training {ld['training_images_per_s']:,.0f} "
+    console.print(f"5. loading {ld['loading_images_per_s']:,.0f} images/s vs training "
+                  f"{ld['training_images_per_s']:,.0f} "
                   f"images/s (batch {ld['batch']}): loading/training {ld['loading_over_training']}, "
                   f"bottleneck: {ld['bottleneck']}")
 
@@ -113,6 +114,12 @@ def print_tables(result: dict, console: Console | None = None) -> None:
     lp = result["linear_probe"]
     console.print(f"7. linear probing on {lp['task']} ({lp['train_images']} train images): epoch seconds "
                   f"{lp['epoch_seconds']}, first / later = {lp['speedup']}x")
+
+    vp = result.get("vitb_pair")
+    if vp:
+        console.print(f"8. random-weight ViT-B pair, batch {vp['batch']}: DynaMer / both backbones "
+                      f"{_x(vp['dynamer_over_both'])}, block skipping speed-up at 0.5 "
+                      f"{_x(vp['block_skip_speedup_0.5'])}, at 0.3 {_x(vp['block_skip_speedup_0.3'])}")
 
     t = Table(title="ratios (time ratios per round; flops_*: the same ratios in FLOPs, the ceiling a time ratio "
                     "meets when every FLOP costs the same)")

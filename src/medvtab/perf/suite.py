@@ -9,7 +9,7 @@
 4. ``moe``: the MoE adapter computed densely and gathered per expert, their outputs compared, and which one
    ``auto`` picks for each size (see :class:`medvtab.methods.dynamer.SharedExperts`).
 5. ``loading``: producing training batches (the engine's path: in-memory uint8 images, random order,
-   ``random_shift``; pinned memory and a non-blocking copy on a GPU) against DynaMer training steps.
+   ``random_shift``; on a GPU pinned storage and non-blocking copies) against DynaMer training steps.
 6. ``flops``: FLOPs per image (``torch.utils.flop_counter``: matrix products and attention, not element-wise
    work), and the FLOP rate achieved by the timed runs; on a GPU also the fraction of the device's peak.
 7. ``linear_probe``: ``fit`` epochs of the ``linear`` method on a bundled task; the first epoch computes the
@@ -34,7 +34,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from medvtab.errors import MedvtabError
 from medvtab.perf.timing import interleaved, summary
@@ -91,6 +90,8 @@ class PerfConfig:
     adapter_calls: int = 3                              # forwards of the adapter-only pass (GPU)
     settle_below: int = 128                             # settling calls for batches below this
     vitb_flops: bool = True                             # FLOPs of the DINOv2 + LVM-Med ViT-B layouts (meta tensors)
+    vitb_batch: int | None = 1                          # also time the random ViT-B pair at this batch (None: no)
+    vitb_rounds: int = 5
 
     @classmethod
     def for_profile(cls, device: str, quick: bool, **overrides) -> "PerfConfig":
@@ -101,11 +102,12 @@ class PerfConfig:
             base.update(profile="quick", batch_sizes=(2,), skip_batch_sizes=(4,), train_batch=4, rounds=2,
                         train_rounds=1, warmup=1, small_batch_rounds=2, methods=("linear", "lora", "dynamer"),
                         moe_batches=(4,), moe_experts=(4, 8), moe_rounds=2, loading_images=64,
-                        linear_train_size=64, linear_epochs=2, linear_batch=32, adapter_calls=2, vitb_flops=False)
+                        linear_train_size=64, linear_epochs=2, linear_batch=32, adapter_calls=2, vitb_flops=False,
+                        vitb_batch=None)
         elif torch.device(device).type == "cuda":
             base.update(profile="gpu", batch_sizes=(1, 32, 256), skip_batch_sizes=(32, 256), train_batch=256,
                         rounds=20, train_rounds=10, warmup=3, small_batch_rounds=50, moe_batches=(32, 256),
-                        loading_images=16384)
+                        loading_images=16384, vitb_batch=None)
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
@@ -493,10 +495,13 @@ def measure_train_steps(ctx: Context) -> dict:
                                              lambda f: _inference(lambda: f(ctx.images(2)), ctx.device)())
             flops[name] = count_flops(_train_step(model, ctx.images(ctx.cfg.flops_batch),
                                                   ctx.labels(ctx.cfg.flops_batch), ctx.device))
-            models[name] = model
-            steps[name] = _train_step(model, x, y, ctx.device)
-        except (MedvtabError, RuntimeError, ValueError) as err:
-            errors[name] = f"{type(err).__name__}: {err}"
+            step = _train_step(model, x, y, ctx.device)
+            step()  # at full batch size: a method that cannot run (out of memory) drops out here, with its reason
+            models[name], steps[name] = model, step
+        except (MedvtabError, RuntimeError, ValueError) as err:  # incl. torch.OutOfMemoryError
+            errors[name] = f"{type(err).__name__}: {str(err)[:300]}"
+            if ctx.device.type == "cuda":
+                torch.cuda.empty_cache()
     t = ctx.time(steps, ctx.cfg.train_rounds, settle=False)
     memory = {name: _peak_memory(step, ctx.device) for name, step in steps.items()}
     rows = []
@@ -569,7 +574,8 @@ def measure_moe(ctx: Context) -> dict:
                      "dense_shared": _inference(dense_shared, ctx.device),
                      "gathered_both": _inference(lambda: [gathered(0), gathered(1)], ctx.device)}
             t = ctx.time(cases, ctx.cfg.moe_rounds)
-            for scenario, d, gname in (("per_stream", "dense", "gathered"), ("shared", "dense_shared", "gathered_both")):
+            for scenario, d, gname in (("per_stream", "dense", "gathered"),
+                                       ("shared", "dense_shared", "gathered_both")):
                 faster = "dense" if t.median(d) <= t.median(gname) else "gathered"
                 auto = experts.choose(count, ctx.device, shared=scenario == "shared")
                 rows.append({
@@ -606,9 +612,7 @@ def measure_loading(ctx: Context, dynamer_train_ips: float) -> dict:
         order = torch.randperm(n, generator=gen)
         for i in range(steps):
             idx = order[i * batch:(i + 1) * batch]
-            x = random_shift(train_x[idx], gen)
-            if ctx.device.type == "cuda":
-                x = x.pin_memory()
+            x = random_shift(train_x[idx], gen)  # a fresh (pageable) tensor, as in the engine
             x.to(ctx.device, non_blocking=True)
             train_y[idx].to(ctx.device, non_blocking=True)
 
@@ -616,8 +620,9 @@ def measure_loading(ctx: Context, dynamer_train_ips: float) -> dict:
     loading_ips = steps * batch / t.median("epoch")
     ratio = loading_ips / dynamer_train_ips if dynamer_train_ips else float("nan")
     return {"what": "producing training batches as the engine does (in-memory uint8 images, random order, "
-                    "random_shift augmentation, labels; pinned memory and a non-blocking copy on a GPU), single "
-                    "process, against DynaMer training steps at the same batch size (item train_step)",
+                    "random_shift augmentation, labels; on a GPU the stored images pinned and each batch copied "
+                    "without blocking), single process, against DynaMer training steps at the same batch size "
+                    "(section train_step)",
             "batch": batch, "image_shape": list(train_x.shape[1:]), "loading_images_per_s": round(loading_ips, 1),
             "training_images_per_s": dynamer_train_ips, "loading_over_training": round(ratio, 3),
             "loading_fraction_of_step": round(1 / (1 + ratio), 4) if ratio == ratio else None,
@@ -644,26 +649,76 @@ def measure_flops(ctx: Context) -> dict:
     return per_image
 
 
-def vitb_flops(batch: int = 1) -> dict:
-    """FLOPs per image of the DINOv2 ViT-B/14 (196 px) + LVM-Med ViT-B (SAM, 224 px) pair: both frozen
-    backbones, and DynaMer at every keep ratio and skip mode, counted on meta tensors (shapes only: nothing is
-    computed, no weights are needed)."""
+RANDOM_LAYOUTS = ("dinov2-vits14", "dinov2-vitb14", "dinov2-vitl14", "lvmmed-vitb")
+
+
+def random_backbone(name: str, device: str | torch.device = "cpu", seed: int = 0):
+    """A backbone in a real checkpoint layout from random weights (speed does not depend on the values): the
+    ``random:NAME`` specs of ``medvtab perf``, e.g. ``random:dinov2-vitb14`` + ``random:lvmmed-vitb`` for the
+    paper's ViT-B pair on a GPU without its checkpoints. Each at its default input size (DINOv2 196 px, LVM-Med
+    224 px: both a 14x14 grid)."""
     import timm
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
     from torch import nn
 
+    from medvtab.backbones import dinov2, lvmmed
     from medvtab.backbones.sam import SamBackbone
     from medvtab.backbones.vit import ViTBackbone
+
+    if name not in RANDOM_LAYOUTS:
+        raise MedvtabError(f"unknown random layout 'random:{name}'; expected one of: "
+                           + ", ".join(f"random:{n}" for n in RANDOM_LAYOUTS))
+    norm = dict(mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, random_init=True)
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        if name.startswith("dinov2"):
+            size = dinov2.DEFAULT_INPUT_SIZE
+            model = timm.create_model(dinov2.VARIANTS[name], pretrained=False, num_classes=0, img_size=size)
+            return ViTBackbone(model, spec=f"random:{name}", input_size=size, **norm)
+        size = lvmmed.DEFAULT_INPUT_SIZE
+        model = timm.create_model("samvit_base_patch16", pretrained=False, num_classes=0, img_size=size)
+        model.neck = nn.Identity()
+        return SamBackbone(model, spec=f"random:{name}", input_size=size, **norm)
+
+
+def perf_backbone(spec: str, device: torch.device):
+    """A registry spec (:func:`medvtab.backbones.load_backbone`), or ``random:NAME`` (:func:`random_backbone`)."""
+    from medvtab.backbones import load_backbone
+
+    if spec.startswith("random:"):
+        return random_backbone(spec.removeprefix("random:"), device)
+    return load_backbone(spec).to(device)
+
+
+def measure_vitb(ctx: Context) -> dict:
+    """The paper's pair on this device: DINOv2 ViT-B/14 + LVM-Med ViT-B in their real layouts from random weights,
+    both frozen backbones against DynaMer at keep ratio 1 and block skipping at 0.5 and 0.3 (a few images per
+    batch: on a CPU each forward of the pair costs about a second per image)."""
+    batch = ctx.cfg.vitb_batch
+    g, m = random_backbone("dinov2-vitb14", ctx.device), random_backbone("lvmmed-vitb", ctx.device)
+    sub = Context(ctx.cfg, ctx.device, g, m, max(g.input_size, m.input_size), Compiler(False), clock=ctx.clock)
+    x = sub.images(batch)
+    cases = {"both": _inference(lambda: (g(x), m(x)), ctx.device)}
+    for mode, r in (("adapter", 1.0), ("block", 0.5), ("block", 0.3)):
+        model = dynamer(sub, r, mode)
+        cases[_case(mode, r)] = _inference(lambda model=model: model(x), ctx.device)
+    t = sub.time(cases, ctx.cfg.vitb_rounds, settle=True)
+    return {"what": "random-weight DINOv2 ViT-B/14 (196 px) + LVM-Med ViT-B (224 px) on this device: both frozen "
+                    "backbones vs DynaMer (keep ratio 1; block skipping at 0.5 and 0.3)",
+            "batch": batch, "seconds_per_batch": {k: t.summary(k) for k in cases},
+            "dynamer_over_both": t.ratio("keep:1.0", "both"),
+            "block_skip_speedup_0.5": t.ratio("keep:1.0", "block:0.5"),
+            "block_skip_speedup_0.3": t.ratio("keep:1.0", "block:0.3")}
+
+
+def vitb_flops(batch: int = 1) -> dict:
+    """FLOPs per image of the DINOv2 ViT-B/14 (196 px) + LVM-Med ViT-B (SAM, 224 px) pair: both frozen
+    backbones, and DynaMer at every keep ratio and skip mode, counted on meta tensors (shapes only: nothing is
+    computed, no weights are needed)."""
     from medvtab.methods import build_model, make_config
 
+    general, medical = random_backbone("dinov2-vitb14", "meta"), random_backbone("lvmmed-vitb", "meta")
     with torch.device("meta"):
-        general = ViTBackbone(timm.create_model("vit_base_patch14_dinov2", pretrained=False, num_classes=0,
-                                                img_size=196), spec="dinov2-vitb14 (layout only)", input_size=196,
-                              mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, random_init=True)
-        sam = timm.create_model("samvit_base_patch16", pretrained=False, num_classes=0, img_size=224)
-        sam.neck = nn.Identity()
-        medical = SamBackbone(sam, spec="lvmmed-vitb (layout only)", input_size=224, mean=IMAGENET_DEFAULT_MEAN,
-                              std=IMAGENET_DEFAULT_STD, random_init=True)
         x = torch.empty(batch, 3, 224, 224, dtype=torch.uint8)
         out = {}
 
@@ -782,7 +837,7 @@ def machine_record(ctx: Context) -> dict:
 
 def make_context(cfg: PerfConfig) -> Context:
     """Device, threads, clock and the backbone pair of a run."""
-    from medvtab.backbones import check_alignment, load_backbone
+    from medvtab.backbones import check_alignment
     from medvtab.perf.timing import pick_clock
 
     device = torch.device(cfg.device)
@@ -790,7 +845,7 @@ def make_context(cfg: PerfConfig) -> Context:
         raise MedvtabError("option '--device': cuda requested but no CUDA device is available")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    general, medical = load_backbone(cfg.general).to(device), load_backbone(cfg.medical).to(device)
+    general, medical = perf_backbone(cfg.general, device), perf_backbone(cfg.medical, device)
     check_alignment(general.info, medical.info).require()
     return Context(cfg, device, general, medical, max(general.input_size, medical.input_size),
                    Compiler(cfg.compile), clock=pick_clock(cfg.clock, device))
@@ -818,6 +873,7 @@ def run_perf(cfg: PerfConfig, on_progress: Callable[[str], None] = lambda m: Non
     loading = timed("loading", lambda: measure_loading(ctx, train["dynamer_images_per_s"]))
     linear = timed("linear_probe", lambda: measure_linear(ctx))
     rates = achieved(ctx, flops, backbones, skip, train)
+    vitb_timed = timed("vitb_pair", lambda: measure_vitb(ctx)) if cfg.vitb_batch else None
     vitb = None
     if cfg.vitb_flops:
         try:
@@ -836,6 +892,9 @@ def run_perf(cfg: PerfConfig, on_progress: Callable[[str], None] = lambda m: Non
         "linear_epoch_speedup": linear["speedup"],
         "loading_over_training": loading["loading_over_training"],
     }
+    if vitb_timed:
+        for key in ("dynamer_over_both", "block_skip_speedup_0.5", "block_skip_speedup_0.3"):
+            ratios[f"vitb_{key}"] = vitb_timed[key]["median"]
     train_row = next((r for r in train["rows"] if r["method"] == "dynamer" and "error" not in r), None)
     ratios["flops_both_over_one"] = round(flops["both_backbones"] / flops["one_backbone"], 4)
     ratios["flops_dynamer_over_both"] = round(flops["dynamer_adapter_1.0"] / flops["both_backbones"], 4)
@@ -866,10 +925,12 @@ def run_perf(cfg: PerfConfig, on_progress: Callable[[str], None] = lambda m: Non
             "random_init")} for name, b in (("general", general), ("medical", medical))},
         "image_shape": [3, ctx.image_size, ctx.image_size],
         "batch_sizes": {"backbones": list(cfg.batch_sizes), "skip": list(cfg.skip_batch_sizes),
+                        "vitb_pair": cfg.vitb_batch,
                         "train_step": cfg.train_batch, "loading": cfg.train_batch, "flops": cfg.flops_batch,
                         "moe": list(cfg.moe_batches), "linear_probe": cfg.linear_batch},
         "rounds": {"forward": cfg.rounds, "forward_below_batch_8": cfg.small_batch_rounds,
-                   "train_step": cfg.train_rounds, "moe": cfg.moe_rounds, "warmup": cfg.warmup,
+                   "train_step": cfg.train_rounds, "moe": cfg.moe_rounds, "vitb_pair": cfg.vitb_rounds,
+                   "warmup": cfg.warmup,
                    "settle": f"below batch {cfg.settle_below} each timed call follows an untimed call of the "
                              f"same case"},
         "clock": ctx.clock, "compile": ctx.compiler.record(), "checkpointing": cfg.checkpointing,
@@ -881,7 +942,7 @@ def run_perf(cfg: PerfConfig, on_progress: Callable[[str], None] = lambda m: Non
         "flops": {"what": "FLOPs per image from torch.utils.flop_counter (matrix products, convolutions, "
                           "attention; element-wise work not counted)", "per_image": flops, "achieved": rates,
                   "vitb_pair": vitb},
-        "linear_probe": linear,
+        "linear_probe": linear, "vitb_pair": vitb_timed,
     }
     result["config"]["wall_seconds"] = round(time.perf_counter() - started, 1)
     return result
