@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -15,6 +16,24 @@ from medvtab.errors import MedvtabError
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Adapt general + medical vision foundation models to medical imaging tasks.")
 err_console = Console(stderr=True)
+
+
+def note(message: str) -> None:
+    """A note or warning on stderr, one unwrapped line."""
+    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def loss_progress(description: str):
+    """A progress bar over training steps (on a terminal only); yields ``on_step(step, total, loss)``."""
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[loss]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+                  disable=not err_console.is_terminal) as progress:
+        bar = progress.add_task(description, total=None, loss="")
+
+        def on_step(step, total, loss):
+            progress.update(bar, completed=step, total=total, loss=f"loss {loss:.4f}")
+        yield on_step
 
 
 def _parse_sets(pairs: list[str]) -> dict:
@@ -96,16 +115,8 @@ def train(
     out = out if out is not None else resume
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, patience=patience,
                       devices=devices, num_nodes=num_nodes, skip_nonfinite=skip_nonfinite)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[loss]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
-                  disable=not err_console.is_terminal) as progress:
-        bar = progress.add_task(f"{method} on {Path(task).stem}", total=None, loss="")
-
-        def on_step(step, total, loss):
-            progress.update(bar, completed=step, total=total, loss=f"loss {loss:.4f}")
-
-        metrics = train_run(task, method, general, medical, out, cfg, options, train_size, on_step,
-                            on_note=lambda m: err_console.print(m, markup=False, highlight=False, soft_wrap=True),
+    with loss_progress(f"{method} on {Path(task).stem}") as on_step:
+        metrics = train_run(task, method, general, medical, out, cfg, options, train_size, on_step, on_note=note,
                             protocol=protocol, train_fraction=train_fraction, shots=shots, seen=seen,
                             unseen=unseen, data_root=data_root, run_check=not no_check,
                             tensorboard=tensorboard, mlflow_uri=mlflow, resume=resume is not None)
@@ -134,17 +145,9 @@ def pretrain(
     writes the weights and a model card, prints the card's summary (as JSON)."""
     from medvtab.engine.pretrain import pretrain as run_pretrain
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[loss]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
-                  disable=not err_console.is_terminal) as progress:
-        bar = progress.add_task(f"pretrain {variant} on {data.stem}", total=None, loss="")
-
-        def on_step(step, total, loss):
-            progress.update(bar, completed=step, total=total, loss=f"loss {loss:.4f}")
-
+    with loss_progress(f"pretrain {variant} on {data.stem}") as on_step:
         card = run_pretrain(data, out, variant, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr,
-                            on_step=on_step,
-                            on_note=lambda m: err_console.print(m, markup=False, highlight=False, soft_wrap=True))
+                            on_step=on_step, on_note=note)
     keys = ("variant", "file", "epochs", "seed", "batch_size", "lr", "train_seconds", "total_seconds",
             "linear_probe")
     print(json.dumps({"out": str(out), **{k: card[k] for k in keys}}, indent=2))
