@@ -95,6 +95,11 @@ def train(
                                                      "epoch checkpoint (give the run's options again)."),
     skip_nonfinite: int = typer.Option(0, min=0, help="Skip up to N batches whose loss is NaN or infinite "
                                                       "(counted in metrics.json) instead of stopping."),
+    eval_batch_size: int = typer.Option(256, min=1, help="Batch size of the validation and test passes (and of "
+                                                         "the feature pass of feature-caching methods)."),
+    auto_batch: bool = typer.Option(False, "--auto-batch", help="On CUDA out of memory, halve the batch size and go "
+                                                                "on (the epoch starts again; each reduction is "
+                                                                "recorded in metrics.json) instead of stopping."),
 ):
     """Train a method on a task and write metrics, config, adapter weights, a log and the splits to --out."""
     from medvtab.engine.loop import TrainConfig
@@ -114,7 +119,8 @@ def train(
                            f"got --out {out}")
     out = out if out is not None else resume
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, patience=patience,
-                      devices=devices, num_nodes=num_nodes, skip_nonfinite=skip_nonfinite)
+                      devices=devices, num_nodes=num_nodes, skip_nonfinite=skip_nonfinite,
+                      eval_batch_size=eval_batch_size, auto_batch=auto_batch)
     with loss_progress(f"{method} on {Path(task).stem}") as on_step:
         metrics = train_run(task, method, general, medical, out, cfg, options, train_size, on_step, on_note=note,
                             protocol=protocol, train_fraction=train_fraction, shots=shots, seen=seen,
@@ -125,7 +131,8 @@ def train(
     keys = ("task", "task_type", "method", "seed", "protocol", "accuracy", "balanced_accuracy", "macro_f1", "auroc",
             "mean_ap", "exact_match", "per_label_auroc",
             "majority_rate", "trainable_params", "params_ratio", "eval_images_per_second", "train_seconds",
-            "split_sizes", "split_patients", "seen", "unseen", "processes", "skipped_nonfinite_batches")
+            "split_sizes", "split_patients", "seen", "unseen", "processes", "skipped_nonfinite_batches",
+            "batch_size", "batch_size_reductions")
     print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
 
 

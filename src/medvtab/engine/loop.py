@@ -38,6 +38,7 @@ class TrainConfig(BaseModel):
     devices: int = Field(1, ge=1, description="processes per machine (DDP through Lightning Fabric)")
     skip_nonfinite: int = Field(0, ge=0, description="bad (NaN / infinite loss) batches to skip before stopping")
     num_nodes: int = Field(1, ge=1, description="machines")
+    auto_batch: bool = Field(False, description="on CUDA out of memory, halve the batch size and go on (recorded)")
 
 
 def seed_everything(seed: int) -> None:
@@ -97,26 +98,26 @@ class EvalResult:
 @torch.inference_mode()
 def evaluate(model: AdaptedModel, images: torch.Tensor, labels: np.ndarray, batch_size: int,
              device: torch.device, record_stats: bool = False) -> EvalResult:
-    """``labels``: class indices (N,) or multi-label targets (N, L) (then probabilities are per-label sigmoids)."""
+    """``labels``: class indices (N,) or multi-label targets (N, L) (then probabilities are per-label sigmoids).
+    The loss is computed once over all logits, so the result does not depend on ``batch_size``."""
     model.eval()
     model.set_record_stats(record_stats)
     if record_stats:
         model.reset_routing_stats()
-    probs, losses, times = [], [], []
+    logits, times = [], []
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device, non_blocking=True)
-        y = torch.as_tensor(labels[start:start + batch_size], device=device)
         t0 = time.perf_counter()
         with _autocast(device):
-            logits = model(x).float()
+            logits.append(model(x).float())
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
-        losses.append(task_loss(logits, y, reduction="sum").item())
-        probs.append(to_probs(logits, labels.ndim == 2).cpu())
+        logits[-1] = logits[-1].cpu()
     model.set_record_stats(False)
-    total = sum(times)
-    return EvalResult(torch.cat(probs).numpy(), sum(losses) / max(1, _loss_count(labels)),
+    logits, total = torch.cat(logits), sum(times)
+    loss = task_loss(logits, torch.as_tensor(labels), reduction="sum").item()
+    return EvalResult(to_probs(logits, labels.ndim == 2).numpy(), loss / max(1, _loss_count(labels)),
                       1000 * total / len(times), len(labels) / total if total else float("nan"))
 
 
@@ -147,16 +148,81 @@ def rank_count(fabric) -> int:
     return 1 if fabric is None else fabric.world_size
 
 
+class NonFiniteLoss(MedvtabError):
+    """Training stopped on a NaN or infinite loss (the last good checkpoint is kept)."""
+
+
+class OutOfMemory(MedvtabError):
+    """CUDA ran out of memory and the batch size may not (or cannot) be halved (the last checkpoint is kept)."""
+
+
+@dataclass
+class BatchSizes:
+    """The training and evaluation batch sizes in use. On a CUDA out-of-memory error :meth:`shrink` halves the
+    one that ran out when ``auto`` (each reduction recorded, a note printed), else stops the run naming the size
+    to try. ``checkpoint``: where the last finished epoch is kept (for the message)."""
+    train: int
+    eval: int
+    auto: bool = False
+    reductions: list[dict] = field(default_factory=list)
+    device: torch.device = torch.device("cpu")
+    checkpoint: Path | None = None
+    on_note: Callable[[str], None] = print
+
+    def shrink(self, phase: str, epoch: int | None, finished: int, images: int) -> None:
+        """After an out-of-memory error in ``phase`` ("train", "eval": validation in ``epoch``, or "test":
+        epoch None) on a pass over ``images`` images, with ``finished`` epochs in the checkpoint."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        name, option = ("train", "--batch-size") if phase == "train" else ("eval", "--eval-batch-size")
+        size = min(getattr(self, name), max(1, images))  # what ran out: a batch is at most the whole pass
+        what = (f"out of GPU memory at batch size {size} " + (f"in epoch {epoch}" if epoch else "on the test set")
+                + (" (training)" if phase == "train" else " (evaluation)"))
+        if self.auto and size > 1:
+            setattr(self, name, size // 2)
+            self.reductions.append({"epoch": epoch, "phase": phase, "from": size, "to": size // 2})
+            self.on_note(f"note: {what}; --auto-batch: {option} {size // 2} from here on"
+                         + (f" (epoch {epoch} starts again)" if phase == "train" else ""))
+            return
+        kept = ""
+        if self.checkpoint is not None:
+            hint = "--auto-batch" if phase == "train" else f"--eval-batch-size {max(1, size // 2)}"
+            kept = (f"; the last finished epoch ({finished}) is kept in {self.checkpoint} (resume with --resume "
+                    f"{self.checkpoint.parent} {hint})" if finished else "; no epoch had finished")
+        if size == 1:
+            raise OutOfMemory(f"{what}: the model does not fit on this device even one image at a time{kept}")
+        raise OutOfMemory(f"{what}; try {option} {size // 2}, or --auto-batch to halve it automatically{kept}")
+
+    def evaluate(self, run_pass: Callable[[int], object], images: int, phase: str, epoch: int | None,
+                 finished: int):
+        """``run_pass(eval batch size)`` over ``images`` images, retried at half the size after an out-of-memory
+        error (its results do not depend on the batch size)."""
+        while True:
+            try:
+                return run_pass(self.eval)
+            except torch.OutOfMemoryError:
+                pass  # leaving the handler frees the failed pass's tensors
+            self.shrink(phase, epoch, finished, images)
+
+
 @dataclass
 class FitResult:
+    batches: BatchSizes
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     train_seconds: float = 0.0
     skipped_batches: int = 0
 
 
-class NonFiniteLoss(MedvtabError):
-    """Training stopped on a NaN or infinite loss (the last good checkpoint is kept)."""
+def _cpu_copy(state):
+    """A copy of a (nested) state dict with every tensor cloned to the CPU."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: _cpu_copy(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_cpu_copy(v) for v in state)
+    return state
 
 
 CHECKPOINT_FORMAT = 1
@@ -191,16 +257,22 @@ def _finite_everywhere(loss: torch.Tensor, fabric) -> bool:
 def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
         on_step: Callable[[int, int, float], None] | None = None, fabric=None,
         on_epoch: Callable[[dict], None] | None = None, checkpoint: Path | None = None,
-        resume: dict | None = None, fingerprint: dict | None = None) -> FitResult:
+        resume: dict | None = None, fingerprint: dict | None = None,
+        on_note: Callable[[str], None] = print) -> FitResult:
     """Train the model's trainable parameters; restore the weights of the best validation epoch (accuracy; for a
     multi-label task, mean AUROC over labels).
 
     ``fabric`` (:mod:`medvtab.engine.distributed`): each global batch is split across its processes and DDP
     averages the gradients. ``checkpoint``: after every epoch the whole training state (trainable weights,
-    optimizer, schedule, random states, data order, early-stopping state, log) is written there; ``resume``:
-    such a state (:func:`load_checkpoint`), whose ``fingerprint`` must equal this run's, to continue from. A
-    non-finite loss raises :class:`NonFiniteLoss` unless ``cfg.skip_nonfinite`` bad batches are allowed (each
-    is skipped: no update, counted in ``FitResult.skipped_batches``)."""
+    optimizer, schedule, random states, data order, early-stopping state, batch sizes, log) is written there;
+    ``resume``: such a state (:func:`load_checkpoint`), whose ``fingerprint`` must equal this run's, to continue
+    from. A non-finite loss raises :class:`NonFiniteLoss` unless ``cfg.skip_nonfinite`` bad batches are allowed
+    (each is skipped: no update, counted in ``FitResult.skipped_batches``).
+
+    CUDA out of memory raises :class:`OutOfMemory` naming the batch size to try; with ``cfg.auto_batch`` the
+    batch size is halved instead (``FitResult.batches``): in training the epoch starts again from its starting
+    state with the schedule of the smaller batch, so it goes on exactly as a run started at that batch size
+    would from that epoch's weights; a validation or feature pass is simply repeated."""
     device = fabric.device if fabric is not None else torch.device(cfg.device)
     model.to(device)
     head = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("head.")]
@@ -213,18 +285,26 @@ def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
         wrapped, optimizer = fabric.setup(model, optimizer)
         if model.caches_features:
             wrapped.mark_forward_method("logits_from_features")
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    if 0 < len(train) % cfg.batch_size < rank_count(fabric):  # a last batch too small to give every process one
-        steps_per_epoch -= 1
-    total = cfg.epochs * steps_per_epoch
-    warmup = max(1, min(steps_per_epoch, total // 10))
+    batches = BatchSizes(cfg.batch_size, cfg.eval_batch_size, cfg.auto_batch, device=device, checkpoint=checkpoint,
+                         on_note=on_note)
 
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    def steps_per_epoch() -> int:
+        steps = math.ceil(len(train) / batches.train)
+        if 0 < len(train) % batches.train < rank_count(fabric):  # a last batch too small to give every process one
+            steps -= 1
+        return steps
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    def make_scheduler(step: int) -> torch.optim.lr_scheduler.LambdaLR:
+        """Warm-up then cosine over the run's steps at the current batch size, positioned at ``step``."""
+        total = cfg.epochs * steps_per_epoch()
+        warmup = max(1, min(steps_per_epoch(), total // 10))
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule, last_epoch=step - 1)
+
     generator = torch.Generator().manual_seed(cfg.seed)
     train_x, val_x = as_tensor(train), as_tensor(val)
     train_y = torch.from_numpy(train.y)
@@ -232,7 +312,7 @@ def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
     if device.type == "cuda":
         train_x, train_y = train_x.pin_memory(), train_y.pin_memory()
 
-    result, best_acc, stale, step, first_epoch, stopped, elapsed = FitResult(), -1.0, 0, 0, 1, False, 0.0
+    result, best_acc, stale, step, first_epoch, stopped, elapsed = FitResult(batches), -1.0, 0, 0, 1, False, 0.0
     best_state = None
     if resume is not None:
         if resume.get("fingerprint") != fingerprint:
@@ -240,6 +320,11 @@ def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
                             if (resume.get("fingerprint") or {}).get(k) != (fingerprint or {}).get(k))
             raise MedvtabError(f"option '--resume': the checkpoint was written by a different run (differs in: "
                                f"{', '.join(differ) or 'everything'}); resume with the same options")
+        batches.train = resume.get("batch_size", cfg.batch_size)  # as reduced by --auto-batch
+        batches.eval = min(cfg.eval_batch_size, resume.get("eval_batch_size", cfg.eval_batch_size))
+        batches.reductions = list(resume.get("batch_size_reductions", []))
+    scheduler = make_scheduler(0)
+    if resume is not None:
         model.load_trainable_state_dict({k: v.to(device) for k, v in resume["trainable"].items()}, "checkpoint")
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
@@ -252,17 +337,15 @@ def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
         first_epoch = resume["epoch"] + 1
     cached = None  # (train features, val features) for models that cache them
     start = time.perf_counter() - elapsed
-    for epoch in range(first_epoch, cfg.epochs + 1):
-        if stopped:
-            break
-        if model.caches_features and cached is None:  # first epoch pays for the features, once
-            cached = (backbone_features(model, train_x, cfg.eval_batch_size, device),
-                      backbone_features(model, val_x, cfg.eval_batch_size, device))
+
+    def train_epoch(epoch: int) -> tuple[float, int]:
+        """One pass over the training set; returns the summed loss and the images seen."""
+        nonlocal step
         model.train()
         order = torch.randperm(len(train), generator=generator)
         running, seen = 0.0, 0
-        for i in range(steps_per_epoch):
-            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+        for i in range(steps_per_epoch()):
+            idx = order[i * batches.train:(i + 1) * batches.train]
             # augmentation is drawn for the whole global batch (the single-process random stream), then each
             # process keeps its share
             x = None if cached is not None else random_shift(train_x[idx], generator) if cfg.augment else train_x[idx]
@@ -298,9 +381,41 @@ def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
             running += loss.item() * len(idx)
             seen += len(idx)
             if on_step:
-                on_step(step, total, running / seen)
-        val_result = (evaluate_features(model, cached[1], val.y, cfg.eval_batch_size) if cached is not None
-                      else evaluate(model, val_x, val.y, cfg.eval_batch_size, device))
+                on_step(step, cfg.epochs * steps_per_epoch(), running / seen)
+        return running, seen
+
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        if stopped:
+            break
+        if model.caches_features and cached is None:  # first epoch pays for the features, once
+            cached = tuple(batches.evaluate(lambda b, x=x: backbone_features(model, x, b, device), len(x), "eval",
+                                            epoch, epoch - 1) for x in (train_x, val_x))
+        if batches.auto:  # the state this epoch starts from, to start it again at a smaller batch size
+            epoch_start = {"trainable": _cpu_copy(model.trainable_state_dict()),
+                           "optimizer": _cpu_copy(optimizer.state_dict()), "generator": generator.get_state(),
+                           "torch_rng": torch.get_rng_state(), "skipped": result.skipped_batches,
+                           "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+        while True:
+            try:
+                running, seen = train_epoch(epoch)
+                break
+            except torch.OutOfMemoryError:
+                pass  # leaving the handler frees the failed batch's tensors
+            optimizer.zero_grad(set_to_none=True)
+            batches.shrink("train", epoch, epoch - 1, len(train))  # raises OutOfMemory unless it may halve
+            model.load_trainable_state_dict({k: v.to(device) for k, v in epoch_start["trainable"].items()},
+                                            "epoch start")
+            optimizer.load_state_dict(epoch_start["optimizer"])
+            generator.set_state(epoch_start["generator"])
+            torch.set_rng_state(epoch_start["torch_rng"])
+            if epoch_start["cuda_rng"] is not None:
+                torch.cuda.set_rng_state(epoch_start["cuda_rng"], device)
+            result.skipped_batches = epoch_start["skipped"]
+            step = (epoch - 1) * steps_per_epoch()  # where a run at this batch size would stand
+            scheduler = make_scheduler(step)
+        val_result = batches.evaluate(
+            lambda b: (evaluate_features(model, cached[1], val.y, b) if cached is not None
+                       else evaluate(model, val_x, val.y, b, device)), len(val), "eval", epoch, epoch - 1)
         if not np.isfinite(val_result.probs).all():
             raise NonFiniteLoss(f"non-finite validation outputs at epoch {epoch}: the weights diverged; "
                                 + (f"the last good checkpoint (epoch {epoch - 1}) is kept in {checkpoint}; "
@@ -327,7 +442,8 @@ def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
                 "elapsed": time.perf_counter() - start, "trainable": model.trainable_state_dict(),
                 "best_state": best_state or {}, "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state()})
+                "torch_rng": torch.get_rng_state(), "batch_size": batches.train, "eval_batch_size": batches.eval,
+                "batch_size_reductions": batches.reductions})
     result.train_seconds = time.perf_counter() - start
     if best_state is not None:
         model.load_trainable_state_dict(best_state, "best validation epoch")

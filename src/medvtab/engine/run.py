@@ -59,6 +59,10 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
     ``tensorboard`` (a log folder: events go to ``tensorboard/<run name>``) and ``mlflow_uri``: optional
     tracking (:mod:`medvtab.engine.tracking`), by rank 0.
 
+    CUDA out of memory stops the run naming the batch size to try, the last epoch checkpoint kept; with
+    ``train_cfg.auto_batch`` the batch size is halved and the run goes on, each reduction noted and recorded in
+    metrics.json (``batch_size_reductions``, the final ``batch_size`` and ``eval_batch_size``).
+
     The run directory holds config.json and splits.json from the start and ``checkpoint.pt`` after every epoch;
     ``resume=True`` continues the unfinished run in ``out`` from its checkpoint (same options required), which
     on CPU ends with the metrics an uninterrupted run has. The result files are written one by one, atomically,
@@ -75,6 +79,9 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
     else:
         rundir.check_new_run_dir(out)
     fabric = launch(train_cfg.device, train_cfg.devices, train_cfg.num_nodes)  # None: one process
+    if train_cfg.auto_batch and fabric is not None:
+        raise MedvtabError("option '--auto-batch': one process only (the processes of a run would have to agree "
+                           "on every reduction); give --batch-size instead")
     writer = fabric is None or fabric.global_rank == 0
     if not writer:  # the other processes train in step, silently
         on_step, on_note = None, (lambda message: None)
@@ -128,14 +135,18 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
     try:
         result = fit(model, data.train, data.val, train_cfg, on_step=on_step, fabric=fabric,
                      on_epoch=tracker.epoch if tracker else None, checkpoint=checkpoint, resume=state,
-                     fingerprint=run_fingerprint(run_config, len(data.train)))
+                     fingerprint=run_fingerprint(run_config, len(data.train)), on_note=on_note)
     except BaseException:
         if tracker:
             tracker.abort()
         raise
     device = fabric.device if fabric is not None else torch.device(train_cfg.device)
-    test = evaluate(model, as_tensor(data.test), data.test.y, train_cfg.eval_batch_size, device,
-                    record_stats=True)
+    batches, epochs_run = result.batches, len(result.history)  # the checkpoint keeps the last epoch until the end
+
+    def test_pass(split: Split, record_stats: bool = False):
+        return batches.evaluate(lambda b: evaluate(model, as_tensor(split), split.y, b, device, record_stats),
+                                len(split), "test", None, epochs_run)
+    test = test_pass(data.test, record_stats=True)
     test_metrics = classification_metrics(data.test.y, test.probs)
     metrics = {
         "task": data.name, "task_type": data.task_type, "method": method, "seed": train_cfg.seed,
@@ -145,7 +156,8 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
         **parameter_counts(model, backbones),
         "eval_images_per_second": round(test.images_per_second, 2),
         "ms_per_batch": round(test.ms_per_batch, 3),
-        "eval_batch_size": train_cfg.eval_batch_size,
+        "batch_size": batches.train, "eval_batch_size": batches.eval,
+        "batch_size_reductions": batches.reductions,  # --auto-batch after CUDA out of memory
         "train_seconds": round(result.train_seconds, 3),
         "processes": rank_count(fabric), "skipped_nonfinite_batches": result.skipped_batches,
         "epochs_run": len(result.history), "best_epoch": result.best_epoch,
@@ -156,7 +168,7 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
     if data.extra_tests:  # patient-ood: the usual keys are the seen test's; each test set in full too
         metrics["seen"] = summarise_test_set(data.test, test_metrics)
         for name, split in data.extra_tests.items():
-            extra = evaluate(model, as_tensor(split), split.y, train_cfg.eval_batch_size, device)
+            extra = test_pass(split)
             metrics[name] = summarise_test_set(split, classification_metrics(split.y, extra.probs))
     if not writer:
         return None
@@ -171,7 +183,7 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
     return metrics
 
 
-RESUME_INDEPENDENT = ("device", "devices", "num_nodes", "eval_batch_size", "skip_nonfinite")
+RESUME_INDEPENDENT = ("device", "devices", "num_nodes", "eval_batch_size", "skip_nonfinite", "auto_batch")
 
 
 def run_fingerprint(run_config: dict, train_images: int) -> dict:
