@@ -402,6 +402,7 @@ def perf(
 
 
 from medvtab.data.cli import data_app; app.add_typer(data_app, name="data", help="Task registry and data checks.")
+from medvtab.vqa.cli import vqa_app; app.add_typer(vqa_app, name="vqa", help="MedVQA: vision encoder + Q-Former + LM with LoRA.")
 def main() -> None:
     try:
         app(standalone_mode=True)

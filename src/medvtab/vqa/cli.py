@@ -1,0 +1,142 @@
+"""``medvtab vqa``: train a stage, evaluate a run, or run the three-stage pipeline."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from medvtab.errors import MedvtabError
+
+vqa_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                      help="MedVQA by fusion: vision encoder + Q-Former + language model with LoRA.")
+
+
+@vqa_app.callback()
+def threads(threads: int = typer.Option(1, min=1, help="torch CPU threads (default 1: the tiny models gain nothing "
+                                                        "from more, and two threads stall whenever a core is "
+                                                        "busy on a small shared machine).")):
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _note(message: str) -> None:
+    from medvtab.cli import note
+
+    note(message)
+
+
+def _held_out(text: str) -> tuple[str, ...]:
+    return () if text.strip().lower() == "none" else tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+@vqa_app.command()
+def train(
+    stage: str = typer.Option(..., help="caption (image captions), vqa (general medical VQA) or finetune "
+                                        "(radiology VQA)."),
+    data: str = typer.Option(..., help="A set name (medpix, pmc-oa for captions; slake, vqa-rad, pmc-vqa) or a "
+                                       "folder in one of their formats."),
+    out: Path = typer.Option(..., help="New run directory."),
+    vision: Optional[str] = typer.Option(None, help="Backbone spec (default tiny-medical) or dynamer:RUN_DIR; "
+                                                    "with --init, that run's."),
+    lm: Optional[str] = typer.Option(None, help="'tiny' (default) or hf:PATH (a local transformers causal LM); "
+                                                "with --init, that run's."),
+    init: Optional[Path] = typer.Option(None, help="Start from this stage run's trainable weights (and its "
+                                                   "vision, LM and fusion settings)."),
+    split: str = typer.Option("train"),
+    epochs: int = typer.Option(3, min=1),
+    batch_size: int = typer.Option(8, min=1),
+    lr: float = typer.Option(2e-3, min=0.0),
+    img_size: Optional[int] = typer.Option(None, min=8, help="Resample the backbone's position table to this "
+                                                             "input size (tiny backbones: 28 px)."),
+    num_queries: Optional[int] = typer.Option(None, min=1, help="Q-Former queries (default 32)."),
+    lora_r: Optional[int] = typer.Option(None, min=1, help="LoRA rank (default 8)."),
+    lora_targets: Optional[str] = typer.Option(None, help="Comma-separated module names for LoRA (default: peft's "
+                                                          "attention projections for the model type; every "
+                                                          "linear layer for the tiny LM)."),
+    seed: int = typer.Option(0),
+    lang: str = typer.Option("en", help="SLAKE: en or zh."),
+    data_root: Optional[Path] = typer.Option(None, help="MedVQA data root (default $MEDVTAB_VQA_DATA, else "
+                                                        "shared/vqa beside the project)."),
+    vocab_data: List[str] = typer.Option([], help="New tiny LM: also build its tokenizer from the train split of "
+                                                  "this set (repeatable; the later stages' sets)."),
+    held_out: str = typer.Option("vqa-rad:test,slake:test", help="caption stage: drop images of these test "
+                                                                "splits (NAME:SPLIT, comma-separated, or none)."),
+    limit: Optional[int] = typer.Option(None, min=1, hidden=True, help="Train on the first N items (tests)."),
+):
+    """Train one stage and write config, trainable weights, a log (and the tiny LM) to --out."""
+    import json
+
+    from medvtab.vqa.train import StageOptions, load_stage_items, texts_of, train_stage
+
+    model_opts = {"vision": vision, "lm": lm, "img_size": img_size, "num_queries": num_queries, "lora_r": lora_r,
+                  "lora_targets": None if lora_targets is None else [t.strip() for t in lora_targets.split(",")]}
+    given = {k for k, v in model_opts.items() if v is not None}
+    opts = StageOptions(**{k: v for k, v in model_opts.items() if v is not None}, epochs=epochs,
+                        batch_size=batch_size, lr=lr, seed=seed, lang=lang, limit=limit)
+    vocab = None
+    if vocab_data and init is None:
+        vocab = texts_of(load_stage_items(stage, data, split, opts, data_root, _held_out(held_out), _note)[0])
+        for name in vocab_data:
+            kind = "caption" if name in ("medpix", "pmc-oa") else "vqa"
+            vocab += texts_of(load_stage_items(kind, name, "train", opts, data_root, _held_out(held_out), _note)[0])
+    config = train_stage(stage, data, out, opts, split=split, init=init, given=given, root=data_root,
+                         vocab_texts=vocab, held_out=_held_out(held_out), on_note=_note)
+    keys = ("stage", "data", "split", "items", "dropped_leaked", "init", "trainable_params", "train_seconds",
+            "final_loss")
+    print(json.dumps({"out": str(out), **{k: config[k] for k in keys}}, indent=2))
+
+
+@vqa_app.command("eval")
+def evaluate(
+    run: Path = typer.Option(..., help="A vqa or finetune stage run directory."),
+    data: str = typer.Option("vqa-rad", help="vqa-rad, slake, pmc-vqa or a folder in one of their formats."),
+    split: str = typer.Option("test"),
+    closed_candidates: bool = typer.Option(True, "--closed-candidates/--free",
+                                           help="Closed questions: pick the likeliest answer among the closed "
+                                                "answers of the training set, or decode freely (greedy)."),
+    out: Optional[Path] = typer.Option(None, help="Where answers.jsonl and metrics.json go (default: the run)."),
+    data_root: Optional[Path] = typer.Option(None, help="MedVQA data root (default: the run's)."),
+    limit: Optional[int] = typer.Option(None, min=1, hidden=True, help="Evaluate the first N items (tests)."),
+):
+    """Answer the questions, score them beside the majority and image-blind baselines, print the summary."""
+    from medvtab.vqa.train import evaluate as run_eval, summary_line
+
+    metrics = run_eval(run, data, split, closed_candidates=closed_candidates, out=out, root=data_root,
+                       limit=limit, on_note=_note)
+    print(summary_line(metrics))
+
+
+@vqa_app.command()
+def pipeline(
+    out: Path = typer.Option(..., help="New folder: caption/, vqa/, finetune/ (with metrics.json) inside."),
+    config: Optional[Path] = typer.Option(None, help="YAML file: options, caption, vqa, finetune, eval, data_root "
+                                                     "(see medvtab.vqa.train.PipelineConfig)."),
+    quick: bool = typer.Option(False, "--quick", help="Short schedule (minutes on a laptop CPU) for the settings "
+                                                      "the config file leaves unset."),
+):
+    """caption (MedPix) -> vqa (SLAKE train) -> finetune (VQA-RAD train) -> eval (VQA-RAD test)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from medvtab.vqa.train import QUICK, PipelineConfig, merge, run_pipeline, summary_line
+
+    raw = {}
+    if config is not None:
+        try:
+            raw = yaml.safe_load(config.read_text()) or {}
+        except FileNotFoundError:
+            raise MedvtabError(f"{config}: file not found") from None
+        except yaml.YAMLError as err:
+            raise MedvtabError(f"{config}: not valid YAML ({str(err).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise MedvtabError(f"{config}: expected a mapping of settings at the top level")
+    try:
+        cfg = PipelineConfig(**(merge(QUICK, raw) if quick else raw))
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise MedvtabError(f"{config or 'pipeline config'}: {where}: {first['msg']}") from None
+    metrics = run_pipeline(cfg, out, on_note=_note)
+    print(summary_line(metrics))

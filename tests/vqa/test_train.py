@@ -1,0 +1,79 @@
+"""The three stages end to end on small subsets of the shared data, each loading the last, and the evaluation."""
+import json
+
+import pytest
+
+from medvtab.errors import MedvtabError
+from medvtab.vqa import data as vqa_data
+from medvtab.vqa.train import StageOptions, evaluate, lr_at, read_config, texts_of, train_stage
+
+TINY = dict(num_queries=4, qformer_hidden=32, qformer_layers=1, qformer_heads=2, epochs=1, batch_size=8, limit=16)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """caption (MedPix) -> vqa (SLAKE) -> finetune (VQA-RAD), 16 items each, the tokenizer from all three."""
+    try:
+        sets = [vqa_data.load_captions("medpix", "train")[:16], vqa_data.load_vqa("slake", "train")[:16],
+                vqa_data.load_vqa("vqa-rad", "train")[:16]]
+    except MedvtabError as err:
+        pytest.skip(f"shared MedVQA data not available ({err})")
+    vocab = [t for items in sets for t in texts_of(items)]
+    root = tmp_path_factory.mktemp("vqa")
+    opts = StageOptions(**TINY)
+    configs, init = {}, None
+    for stage, data in (("caption", "medpix"), ("vqa", "slake"), ("finetune", "vqa-rad")):
+        configs[stage] = train_stage(stage, data, root / stage, opts, init=init, vocab_texts=vocab,
+                                     on_note=lambda _: None)
+        init = root / stage
+    return root, configs
+
+
+def test_each_stage_continues_the_last(chain):
+    root, configs = chain
+    for stage in ("caption", "vqa", "finetune"):
+        run = root / stage
+        assert {"config.json", "trainable.safetensors", "log.csv", "lm"} <= {p.name for p in run.iterdir()}
+        assert read_config(run) == configs[stage]
+    assert configs["caption"]["init"] is None and configs["caption"]["lineage"] == []
+    assert configs["caption"]["held_out"] == ["vqa-rad:test", "slake:test"]
+    assert configs["finetune"]["lineage"] == [str((root / "caption").resolve()), str((root / "vqa").resolve())]
+    assert len({c["vocab_size"] for c in configs.values()}) == 1  # one tokenizer through the pipeline
+    assert all(c["items"] == 16 and c["vision_width"] == 96 for c in configs.values())
+
+
+def test_a_stage_refuses_a_different_model_than_its_init(chain, tmp_path):
+    root, _ = chain
+    opts = StageOptions(**dict(TINY, vision="tiny-general"))
+    with pytest.raises(MedvtabError, match="option 'vision': the --init run was trained with 'tiny-medical'"):
+        train_stage("finetune", "vqa-rad", tmp_path / "x", opts, init=root / "vqa", given={"vision"})
+    with pytest.raises(MedvtabError, match="output directory exists"):
+        train_stage("finetune", "vqa-rad", root / "vqa", StageOptions(**TINY), init=root / "caption")
+    with pytest.raises(MedvtabError, match="expected one of caption, vqa, finetune"):
+        train_stage("pretrain", "vqa-rad", tmp_path / "y", StageOptions(**TINY))
+
+
+def test_evaluate_writes_answers_and_metrics_with_baselines(chain, tmp_path):
+    root, _ = chain
+    metrics = evaluate(root / "finetune", "vqa-rad", "test", out=tmp_path / "eval", limit=24,
+                       on_note=lambda _: None)
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "answers.jsonl").read_text().splitlines()]
+    assert len(rows) == 24 and set(rows[0]) == {"qid", "question", "answer_type", "gold", "prediction", "correct"}
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert written == json.loads(json.dumps(metrics))
+    keys = ("closed_accuracy", "open_accuracy", "overall_accuracy")
+    for m in (metrics, metrics["baselines"]["majority"], metrics["baselines"]["image_blind"]):
+        assert all(k in m for k in keys) and m["n"] == 24
+    closed = [r for r in rows if r["answer_type"] == "closed"]
+    assert metrics["closed_accuracy"] == pytest.approx(sum(r["correct"] for r in closed) / len(closed))
+    candidates = set(vqa_data.closed_candidates(vqa_data.load_vqa("vqa-rad", "train")[:16]))
+    assert {r["prediction"] for r in closed} <= candidates  # restricted decoding
+    assert metrics["lineage"][-1] == str((root / "finetune").resolve())
+    with pytest.raises(MedvtabError, match="caption stage run answers no questions"):
+        evaluate(root / "caption", "vqa-rad", "test", limit=4)
+
+
+def test_learning_rate_schedule_warms_up_then_decays():
+    lrs = [lr_at(s, 100, 1.0) for s in range(100)]
+    assert lrs[0] < lrs[4] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1, abs=1e-3)
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
