@@ -91,18 +91,23 @@ def save_base(model, tokenizer, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def add_lora(model, r: int = 8, targets: list[str] | None = None, alpha: int | None = None) -> nn.Module:
+def add_lora(model, r: int = 8, targets: list[str] | None = None, alpha: int | None = None,
+             train_embeddings: bool = False) -> nn.Module:
     """Freeze ``model`` and wrap it with LoRA adapters (peft): ``targets`` names the projections; without them
     peft's table of attention projections for known model types (Bloom ``query_key_value``, Llama ``q_proj`` and
-    ``v_proj``, ...) decides."""
+    ``v_proj``, ...) decides. ``train_embeddings``: the input embeddings (and an output layer tied to them) train
+    too: for a random-init LM, which knows no words."""
     from peft import LoraConfig, get_peft_model
 
     model.requires_grad_(False)
     config = LoraConfig(r=r, lora_alpha=alpha or 2 * r, lora_dropout=0.0, target_modules=targets,
                         task_type="CAUSAL_LM")
     try:
-        return get_peft_model(model, config)
+        wrapped = get_peft_model(model, config)
     except ValueError as err:
         kind = getattr(model.config, "model_type", type(model).__name__)
         hint = "" if targets else " (peft knows no default for this model type: give --lora-targets)"
         raise MedvtabError(f"LoRA on a '{kind}' model: {str(err).splitlines()[0]}{hint}") from None
+    if train_embeddings:
+        wrapped.get_input_embeddings().weight.requires_grad_(True)
+    return wrapped

@@ -160,7 +160,7 @@ class VQAModel(nn.Module):
 
     # --- trainable state -----------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Q-Former, queries, projection and LoRA weights: everything that trains, nothing of the frozen LM."""
+        """Q-Former, queries, projection and LoRA weights (and a tiny LM's token embeddings): everything that trains."""
         return {k: v.detach() for k, v in self.named_parameters() if v.requires_grad}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor], source: str) -> None:

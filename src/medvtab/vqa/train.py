@@ -123,8 +123,13 @@ def base_lm(opts: StageOptions, run: Path | None, texts: list[str] | None):
 
 def build_model(opts: StageOptions, lm, vision_width: int | None) -> VQAModel:
     """LoRA on the frozen LM, and the fusion for ``vision_width``-wide tokens (None: the image-blind model)."""
-    targets = opts.lora_targets or (TINY_LORA_TARGETS if opts.lm == TINY else None)
-    return VQAModel(add_lora(lm, opts.lora_r, targets), vision_width, opts.qformer())
+    tiny = opts.lm == TINY
+    targets = opts.lora_targets or (TINY_LORA_TARGETS if tiny else None)
+    # The tiny LM's (tied) token embeddings train with the adapters: a random-init LM knows no words, and no
+    # low-rank update of its layers teaches it the vocabulary. Measured on VQA-RAD (finetune stage alone, 8 epochs):
+    # answer loss 2.99 -> 1.38, closed accuracy 0.515 -> 0.629. An hf: LM keeps them frozen (LoRA only, as the paper).
+    lora = add_lora(lm, opts.lora_r, targets, train_embeddings=tiny)
+    return VQAModel(lora, vision_width, opts.qformer())
 
 
 # --- the loop ---------------------------------------------------------------------------------------------------
