@@ -178,3 +178,11 @@ def test_dynamer_run_as_vision_side(small_task, tmp_path, rad_items):
         load_vision(f"dynamer:{run}", img_size=56)
     with pytest.raises(MedvtabError, match="not a run directory"):
         load_vision(f"dynamer:{tmp_path / 'nope'}")
+    # a stage trains and a run answers with the DynaMer pair as its vision side
+    from medvtab.vqa.train import evaluate, train_stage
+
+    opts = StageOptions(vision=f"dynamer:{run}", num_queries=4, epochs=1, limit=12)
+    config = train_stage("finetune", "vqa-rad", tmp_path / "vqa", opts, on_note=lambda _: None)
+    assert (config["vision_width"], config["vision_tokens"]) == (192, 50)
+    metrics = evaluate(tmp_path / "vqa", "vqa-rad", "test", limit=8, on_note=lambda _: None)
+    assert metrics["vision"] == f"dynamer:{run}" and metrics["n"] == 8
