@@ -17,8 +17,10 @@ def threads(threads: int = typer.Option(1, min=1, help="torch CPU threads (defau
                                                         "from more, and two threads stall whenever a core is "
                                                         "busy on a small shared machine).")):
     import torch
+    from transformers.utils import logging as hf_logging
 
     torch.set_num_threads(threads)
+    hf_logging.disable_progress_bar()  # per-file load/save bars of the tiny LM drown the stage notes
 
 
 def _note(message: str) -> None:
