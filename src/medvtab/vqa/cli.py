@@ -1,6 +1,7 @@
 """``medvtab vqa``: train a stage, evaluate a run, or run the three-stage pipeline."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -21,6 +22,8 @@ def threads(threads: int = typer.Option(1, min=1, help="torch CPU threads (defau
 
     torch.set_num_threads(threads)
     hf_logging.disable_progress_bar()  # per-file load/save bars of the tiny LM drown the stage notes
+    # peft reads an attribute transformers 5 deprecates: nothing a user can act on
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
 
 
 def _note(message: str) -> None:
