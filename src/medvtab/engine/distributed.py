@@ -27,21 +27,34 @@ def under_launcher() -> bool:
     return all(v in os.environ for v in TORCHRUN_VARS) and int(os.environ["WORLD_SIZE"]) > 1
 
 
-def launch(device: str, devices: int, num_nodes: int):
-    """A launched Fabric for a multi-process run, or None for a single process."""
+STRATEGIES = ("ddp", "fsdp")
+
+
+def launch(device: str, devices: int, num_nodes: int, strategy: str = "ddp"):
+    """A launched Fabric for a multi-process run, or None for a single process.
+
+    ``strategy``: "ddp" (every process holds the whole model) or "fsdp" (Fabric's fully sharded data parallel:
+    parameters, gradients and optimizer state sharded across the processes; CUDA only)."""
     if devices < 1 or num_nodes < 1:
         raise MedvtabError(f"options '--devices' / '--num-nodes': must be at least 1, got {devices} / {num_nodes}")
+    cuda = device.startswith("cuda")
+    if strategy not in STRATEGIES:
+        raise MedvtabError(f"option '--strategy': expected one of {', '.join(STRATEGIES)}, got '{strategy}'")
+    if strategy == "fsdp" and not cuda:
+        raise MedvtabError("option '--strategy': fsdp needs CUDA devices (Fabric's FSDP has no CPU backend); "
+                           "use ddp on CPU")
     if under_launcher():
         devices = int(os.environ["LOCAL_WORLD_SIZE"])
         num_nodes = int(os.environ["WORLD_SIZE"]) // devices
     elif devices == 1 and num_nodes == 1:
         return None
     from lightning_fabric import Fabric
-    from lightning_fabric.strategies import DDPStrategy
+    from lightning_fabric.strategies import DDPStrategy, FSDPStrategy
 
-    cuda = device.startswith("cuda")
-    # Experts a router did not pick in a step get no gradient: DDP must not wait for them.
-    strategy = DDPStrategy(process_group_backend="nccl" if cuda else "gloo", find_unused_parameters=True)
-    fabric = Fabric(accelerator="cuda" if cuda else "cpu", devices=devices, num_nodes=num_nodes, strategy=strategy)
+    if strategy == "fsdp":
+        chosen = FSDPStrategy()
+    else:  # experts a router did not pick in a step get no gradient: DDP must not wait for them
+        chosen = DDPStrategy(process_group_backend="nccl" if cuda else "gloo", find_unused_parameters=True)
+    fabric = Fabric(accelerator="cuda" if cuda else "cpu", devices=devices, num_nodes=num_nodes, strategy=chosen)
     fabric.launch()
     return fabric

@@ -56,6 +56,8 @@ def train(
     img_size: Optional[int] = typer.Option(None, min=8, help="Resample the backbone's position table to this "
                                                              "input size (tiny backbones: 28 px)."),
     num_queries: Optional[int] = typer.Option(None, min=1, help="Q-Former queries (default 32)."),
+    qformer_dropout: Optional[float] = typer.Option(None, min=0.0, max=0.99, help="Q-Former dropout (default "
+                                                                              "0.1)."),
     lora_r: Optional[int] = typer.Option(None, min=1, help="LoRA rank (default 8)."),
     lora_targets: Optional[str] = typer.Option(None, help="Comma-separated module names for LoRA (default: peft's "
                                                           "attention projections for the model type; every "
@@ -68,6 +70,9 @@ def train(
                                                   "this set (repeatable; the later stages' sets)."),
     held_out: str = typer.Option("vqa-rad:test,slake:test", help="caption stage: drop images of these test "
                                                                 "splits (NAME:SPLIT, comma-separated, or none)."),
+    devices: int = typer.Option(1, min=1, help="Train on this many CPU processes (each global --batch-size is split "
+                                               "across them; under torchrun, the launcher's processes)."),
+    strategy: str = typer.Option("ddp", help="ddp, or fsdp (Fabric's sharded data parallel; needs CUDA)."),
     limit: Optional[int] = typer.Option(None, min=1, hidden=True, help="Train on the first N items (tests)."),
 ):
     """Train one stage and write config, trainable weights, a log (and the tiny LM) to --out."""
@@ -75,11 +80,15 @@ def train(
 
     from medvtab.vqa.train import StageOptions, load_stage_items, texts_of, train_stage
 
-    model_opts = {"vision": vision, "lm": lm, "img_size": img_size, "num_queries": num_queries, "lora_r": lora_r,
+    model_opts = {"vision": vision, "lm": lm, "img_size": img_size, "num_queries": num_queries,
+                  "qformer_dropout": qformer_dropout, "lora_r": lora_r,
                   "lora_targets": None if lora_targets is None else [t.strip() for t in lora_targets.split(",")]}
     given = {k for k, v in model_opts.items() if v is not None}
+    if strategy not in ("ddp", "fsdp"):
+        raise MedvtabError(f"option '--strategy': expected ddp or fsdp, got '{strategy}'")
     opts = StageOptions(**{k: v for k, v in model_opts.items() if v is not None}, epochs=epochs,
-                        batch_size=batch_size, lr=lr, seed=seed, lang=lang, limit=limit)
+                        batch_size=batch_size, lr=lr, seed=seed, lang=lang, limit=limit, devices=devices,
+                        strategy=strategy)
     vocab = None
     if vocab_data and init is None:
         vocab = texts_of(load_stage_items(stage, data, split, opts, data_root, _held_out(held_out), _note)[0])
@@ -88,8 +97,10 @@ def train(
             vocab += texts_of(load_stage_items(kind, name, "train", opts, data_root, _held_out(held_out), _note)[0])
     config = train_stage(stage, data, out, opts, split=split, init=init, given=given, root=data_root,
                          vocab_texts=vocab, held_out=_held_out(held_out), on_note=_note)
+    if config is None:  # another process of a multi-process run: rank 0 reports
+        return
     keys = ("stage", "data", "split", "items", "dropped_leaked", "init", "trainable_params", "train_seconds",
-            "final_loss")
+            "final_loss", "processes")
     print(json.dumps({"out": str(out), **{k: config[k] for k in keys}}, indent=2))
 
 
@@ -144,4 +155,5 @@ def pipeline(
         where = ".".join(str(p) for p in first["loc"])
         raise MedvtabError(f"{config or 'pipeline config'}: {where}: {first['msg']}") from None
     metrics = run_pipeline(cfg, out, on_note=_note)
-    print(summary_line(metrics))
+    if metrics is not None:  # None: another process of a multi-process run
+        print(summary_line(metrics))

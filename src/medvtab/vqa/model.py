@@ -35,6 +35,7 @@ class QFormerConfig:
     hidden: int = 128
     layers: int = 2
     heads: int = 4
+    dropout: float = 0.1  # BLIP-2's; per-process masks make multi-process runs differ beyond float order
 
 
 def encode_text(tokenizer, prompt: str, target: str | None = None, max_prompt: int = 64,
@@ -84,7 +85,9 @@ class VQAModel(nn.Module):
             return
         config = Blip2QFormerConfig(hidden_size=qformer.hidden, num_hidden_layers=qformer.layers,
                                     num_attention_heads=qformer.heads, intermediate_size=4 * qformer.hidden,
-                                    encoder_hidden_size=vision_width, cross_attention_frequency=1)
+                                    encoder_hidden_size=vision_width, cross_attention_frequency=1,
+                                    hidden_dropout_prob=qformer.dropout,
+                                    attention_probs_dropout_prob=qformer.dropout)
         self.qformer = Blip2QFormerModel(config)
         self.query_tokens = nn.Parameter(torch.randn(1, qformer.num_queries, qformer.hidden) * 0.02)
         # Zero-initialised, so training starts from the image-blind model (the queries carry nothing yet) instead

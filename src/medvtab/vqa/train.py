@@ -12,7 +12,8 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from contextlib import nullcontext
+from typing import Callable, Literal, Optional
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,7 +23,7 @@ from medvtab.errors import MedvtabError
 from medvtab.vqa import data as vqa_data
 from medvtab.vqa.lm import TINY, TINY_LORA_TARGETS, HF_PREFIX, add_lora, build_tiny, check_spec, load_base, save_base
 from medvtab.vqa.metrics import majority_answers, normalize_answer, score
-from medvtab.vqa.model import CAPTION_PROMPT, QFormerConfig, VQAModel, collate, encode_text, question_prompt
+from medvtab.vqa.model import CAPTION_PROMPT, IGNORE, QFormerConfig, VQAModel, collate, encode_text, question_prompt
 from medvtab.vqa.vision import VisionEncoder, load_vision
 
 STAGES = ("caption", "vqa", "finetune")
@@ -43,6 +44,7 @@ class StageOptions(BaseModel):
     qformer_hidden: int = Field(128, ge=8)
     qformer_layers: int = Field(2, ge=1)
     qformer_heads: int = Field(4, ge=1)
+    qformer_dropout: float = Field(0.1, ge=0.0, lt=1.0)
     lora_r: int = Field(8, ge=1)
     lora_targets: Optional[list[str]] = None
     epochs: int = Field(3, ge=1)
@@ -51,9 +53,15 @@ class StageOptions(BaseModel):
     seed: int = 0
     lang: str = "en"
     limit: Optional[int] = Field(None, ge=1, description="train on the first N items only (tests)")
+    # How the run is spread, not what it trains (never taken from an --init run): each global batch is split
+    # across ``devices`` processes (medvtab.engine.distributed); the result is the one-process one up to
+    # floating-point order, except for the Q-Former's dropout, whose random draws depend on the split.
+    devices: int = Field(1, ge=1)
+    strategy: Literal["ddp", "fsdp"] = "ddp"
 
     def qformer(self) -> QFormerConfig:
-        return QFormerConfig(self.num_queries, self.qformer_hidden, self.qformer_layers, self.qformer_heads)
+        return QFormerConfig(self.num_queries, self.qformer_hidden, self.qformer_layers, self.qformer_heads,
+                             self.qformer_dropout)
 
 
 INHERITED = ("vision", "lm", "img_size", "num_queries", "qformer_hidden", "qformer_layers", "qformer_heads",
@@ -142,11 +150,26 @@ def lr_at(step: int, total: int, lr: float, warmup: float = 0.05) -> float:
     return lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
 
+def launch(opts: StageOptions):
+    """A launched Fabric for ``opts.devices`` CPU processes (or a torchrun group), None for one process."""
+    from medvtab.engine.distributed import launch as launch_fabric
+
+    return launch_fabric("cpu", opts.devices, 1, opts.strategy)
+
+
 def fit(model: VQAModel, seqs: list, features, feature_rows, tokenizer, opts: StageOptions,
-        on_note: Note, label: str) -> list[dict]:
-    """AdamW on the trainable parameters, shuffled mini-batches; returns one log row per epoch."""
+        on_note: Note, label: str, fabric=None) -> list[dict]:
+    """AdamW on the trainable parameters, shuffled mini-batches; returns one log row per epoch.
+
+    ``fabric``: every process draws the same global batches and takes positions rank, rank + W, ... of each; its
+    loss is the sum over its answer tokens divided by the global token count (times W, which DDP's gradient
+    average divides out), so the update is the one-process update on the whole global batch."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=0.01)
+    rank, world, wrapped = 0, 1, model
+    if fabric is not None:
+        rank, world = fabric.global_rank, fabric.world_size
+        wrapped, optimizer = fabric.setup(model, optimizer)
     generator = torch.Generator().manual_seed(opts.seed)
     steps = math.ceil(len(seqs) / opts.batch_size)
     total, step, log = steps * opts.epochs, 0, []
@@ -154,18 +177,31 @@ def fit(model: VQAModel, seqs: list, features, feature_rows, tokenizer, opts: St
     for epoch in range(opts.epochs):
         start, losses = time.perf_counter(), []
         for batch in torch.randperm(len(seqs), generator=generator).split(opts.batch_size):
-            ids, mask, labels = collate([seqs[i] for i in batch.tolist()], tokenizer.pad_token_id)
-            feats = None if features is None else features[feature_rows[batch]]
-            loss = model(feats, ids, mask, labels).loss
+            share, weight = batch[rank::world], 1.0
+            if len(share) == 0:  # a last batch with fewer items than processes: a zero-weight item keeps DDP in step
+                share, weight = batch[:1], 0.0
+            ids, mask, labels = collate([seqs[i] for i in share.tolist()], tokenizer.pad_token_id)
+            feats = None if features is None else features[feature_rows[share]]
+            loss = wrapped(feats, ids, mask, labels).loss  # the mean over this share's answer tokens
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total, opts.lr)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            if fabric is None:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                value = loss.item()
+            else:
+                tokens = (labels != IGNORE).sum() * weight
+                summed = loss * tokens
+                total_sum, total_tokens = fabric.all_reduce(torch.stack([summed.detach(), tokens.float()]),
+                                                            reduce_op="sum")
+                fabric.backward(summed * world / total_tokens)
+                fabric.clip_gradients(wrapped, optimizer, max_norm=1.0)
+                value = (total_sum / total_tokens).item()  # the global batch's mean: the same on every process
             optimizer.step()
-            if not math.isfinite(loss.item()):
-                raise MedvtabError(f"{label}: the loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
-            losses.append(loss.item())
+            if not math.isfinite(value):
+                raise MedvtabError(f"{label}: the loss became {value} at epoch {epoch + 1}; lower --lr")
+            losses.append(value)
             step += 1
         row = {"epoch": epoch + 1, "loss": sum(losses) / len(losses), "seconds": time.perf_counter() - start}
         on_note(f"{label}: epoch {row['epoch']}/{opts.epochs} loss {row['loss']:.4f} ({row['seconds']:.1f} s)")
@@ -214,13 +250,17 @@ def load_model(run: Path, blind: bool = False):
 
 def train_stage(stage: str, data: str, out: Path, opts: StageOptions, *, split: str = "train",
                 init: Path | None = None, given: set[str] = frozenset(), root=None,
-                vocab_texts: list[str] | None = None, held_out=HELD_OUT, on_note: Note = print) -> dict:
+                vocab_texts: list[str] | None = None, held_out=HELD_OUT, on_note: Note = print,
+                fabric=None) -> dict | None:
     """Train one stage into the new run directory ``out``; returns its config.
 
     ``init``: continue that run's trainable weights (its vision, LM and fusion settings are taken over;
     ``given`` names the options set explicitly, which must agree). ``vocab_texts``: for a new tiny LM, the text
     its tokenizer is built from (default: this stage's own text; the pipeline passes every stage's training
-    text, so the later stages share the tokenizer)."""
+    text, so the later stages share the tokenizer).
+
+    ``opts.devices`` > 1 (or torchrun) trains on several processes (``fabric``: the pipeline's, launched once);
+    only global rank 0 writes ``out`` and gets the config, the others get None."""
     from medvtab.engine.loop import seed_everything
     from medvtab.engine.rundir import read_tensors, write_tensors
 
@@ -228,6 +268,10 @@ def train_stage(stage: str, data: str, out: Path, opts: StageOptions, *, split: 
         raise MedvtabError(f"option '--stage': expected one of {', '.join(STAGES)}, got '{stage}'")
     out = Path(out)
     check_new_run_dir(out)
+    fabric = fabric if fabric is not None else launch(opts)
+    writer = fabric is None or fabric.global_rank == 0
+    if not writer:  # the other processes train in step, silently
+        on_note = lambda message: None  # noqa: E731
     init_config = read_config(init) if init is not None else None
     if init_config is not None:
         opts = inherit(opts, init_config, given)
@@ -240,14 +284,14 @@ def train_stage(stage: str, data: str, out: Path, opts: StageOptions, *, split: 
         lm, tokenizer = base_lm(opts, None, vocab_texts or texts_of(items))
     encoder = load_vision(opts.vision, opts.img_size)
     features, rows = image_features(encoder, items)
-    with staged_run_dir(out) as stage_dir:
-        if opts.lm == TINY:
+    with staged_run_dir(out) if writer else nullcontext() as stage_dir:
+        if opts.lm == TINY and writer:
             save_base(lm, tokenizer, stage_dir / LM_DIR)  # the plain base LM, before LoRA wraps it
         model = build_model(opts, lm, encoder.width)
         if init is not None:
             model.load_trainable_state_dict(read_tensors(Path(init) / WEIGHTS), str(Path(init) / WEIGHTS))
         start = time.perf_counter()
-        log = fit(model, sequences(items, tokenizer), features, rows, tokenizer, opts, on_note, stage)
+        log = fit(model, sequences(items, tokenizer), features, rows, tokenizer, opts, on_note, stage, fabric)
         config = {
             "stage": stage, "data": str(data), "split": split, "root": None if root is None else str(root),
             "options": opts.model_dump(), "vision_width": encoder.width, "vision_tokens": encoder.num_tokens,
@@ -257,11 +301,15 @@ def train_stage(stage: str, data: str, out: Path, opts: StageOptions, *, split: 
             "items": len(items), "dropped_leaked": dropped, "held_out": list(held_out) if stage == "caption" else [],
             "trainable_params": sum(v.numel() for v in model.trainable_state_dict().values()),
             "train_seconds": round(time.perf_counter() - start, 2), "final_loss": log[-1]["loss"],
+            "processes": 1 if fabric is None else fabric.world_size,
         }
-        write_tensors(stage_dir / WEIGHTS, model.trainable_state_dict())
-        write_csv(stage_dir / LOG, log)
-        write_json(stage_dir / CONFIG, config)
-    return config
+        if writer:
+            write_tensors(stage_dir / WEIGHTS, model.trainable_state_dict())
+            write_csv(stage_dir / LOG, log)
+            write_json(stage_dir / CONFIG, config)
+    if fabric is not None:
+        fabric.barrier()  # the next stage of a pipeline reads this run on every process
+    return config if writer else None
 
 
 # --- evaluation ---------------------------------------------------------------------------------------------------
@@ -385,11 +433,16 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
-def run_pipeline(cfg: PipelineConfig, out: Path, on_note: Note = print) -> dict:
+def run_pipeline(cfg: PipelineConfig, out: Path, on_note: Note = print) -> dict | None:
     """caption -> vqa -> finetune into ``out``/{caption,vqa,finetune}, each from the last, then the evaluation
-    (``out/finetune/metrics.json``). A new tiny LM's tokenizer learns the text of all three training sets."""
+    (``out/finetune/metrics.json``). A new tiny LM's tokenizer learns the text of all three training sets.
+    ``options.devices`` > 1: the stages train on that many processes (launched once); global rank 0 alone
+    evaluates and gets the metrics, the others get None."""
     out = Path(out)
     check_new_run_dir(out)
+    fabric = launch(cfg.options)
+    if fabric is not None and fabric.global_rank != 0:
+        on_note = lambda message: None  # noqa: E731
     stages = (("caption", cfg.caption), ("vqa", cfg.vqa), ("finetune", cfg.finetune))
     vocab = []
     if cfg.options.lm == TINY:
@@ -400,8 +453,10 @@ def run_pipeline(cfg: PipelineConfig, out: Path, on_note: Note = print) -> dict:
     for stage, sd in stages:
         opts = cfg.options.model_copy(update={"epochs": sd.epochs})
         train_stage(stage, sd.data, out / stage, opts, split=sd.split, init=init, root=cfg.data_root,
-                    vocab_texts=vocab, on_note=on_note)
+                    vocab_texts=vocab, on_note=on_note, fabric=fabric)
         init = out / stage
+    if fabric is not None and fabric.global_rank != 0:
+        return None
     return evaluate(init, cfg.eval.data, cfg.eval.split, closed_candidates=cfg.eval.closed_candidates,
                     root=cfg.data_root, on_note=on_note)
 
