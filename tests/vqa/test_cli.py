@@ -5,6 +5,7 @@ import sys
 import time
 
 import pytest
+import torch
 import yaml
 
 from medvtab.cli import main
@@ -66,6 +67,15 @@ def test_pipeline_from_a_config_file(monkeypatch, capsys, tmp_path):
     assert len(metrics["lineage"]) == 3 and out.count("\n") == 1
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_a_gpu_is_one_line(monkeypatch, capsys, tmp_path):
+    for args in (["train", "--stage", "vqa", "--data", "vqa-rad", "--out", tmp_path / "x"],
+                 ["eval", "--run", tmp_path / "x"]):
+        code, out, err = medvtab(monkeypatch, capsys, "vqa", *args, "--device", "cuda")
+        assert code == 2 and err == "error: option '--device': cuda requested but no CUDA device is available\n"
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["vqa", "train", "--stage", "pretrain", "--data", "vqa-rad", "--out", "{tmp}/x"], "option '--stage'"),
     (["vqa", "train", "--stage", "vqa", "--data", "vqa-rad", "--lm", "gpt2", "--out", "{tmp}/x"],
@@ -77,6 +87,8 @@ def test_pipeline_from_a_config_file(monkeypatch, capsys, tmp_path):
      "config.json: not found"),
     (["vqa", "train", "--stage", "vqa", "--data", "vqa-rad", "--vision", "tiny-nothing", "--out", "{tmp}/x",
       "--limit", "2"], "unknown backbone spec 'tiny-nothing'"),
+    (["vqa", "train", "--stage", "vqa", "--data", "vqa-rad", "--device", "tpu", "--out", "{tmp}/x"],
+     "option '--device': expected cpu, cuda or cuda:N"),
     (["vqa", "eval", "--run", "{tmp}"], "config.json: not found"),
     (["vqa", "pipeline", "--config", "{tmp}/bad.yaml", "--out", "{tmp}/p"], "caption.epochs"),
     (["vqa", "pipeline", "--config", "{tmp}/extra.yaml", "--out", "{tmp}/p"], "colour: Extra inputs"),

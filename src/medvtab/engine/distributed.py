@@ -52,7 +52,7 @@ def launch(device: str, devices: int, num_nodes: int, strategy: str = "ddp"):
     from lightning_fabric.strategies import DDPStrategy, FSDPStrategy
 
     if strategy == "fsdp":
-        chosen = FSDPStrategy()
+        chosen = FSDPStrategy(use_orig_params=True)  # frozen and trainable weights share the wrapped units
     else:  # experts a router did not pick in a step get no gradient: DDP must not wait for them
         chosen = DDPStrategy(process_group_backend="nccl" if cuda else "gloo", find_unused_parameters=True)
     fabric = Fabric(accelerator="cuda" if cuda else "cpu", devices=devices, num_nodes=num_nodes, strategy=chosen)

@@ -73,6 +73,7 @@ def train(
     devices: int = typer.Option(1, min=1, help="Train on this many CPU processes (each global --batch-size is split "
                                                "across them; under torchrun, the launcher's processes)."),
     strategy: str = typer.Option("ddp", help="ddp, or fsdp (Fabric's sharded data parallel; needs CUDA)."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N (bf16 autocast on a GPU)."),
     limit: Optional[int] = typer.Option(None, min=1, hidden=True, help="Train on the first N items (tests)."),
 ):
     """Train one stage and write config, trainable weights, a log (and the tiny LM) to --out."""
@@ -88,7 +89,7 @@ def train(
         raise MedvtabError(f"option '--strategy': expected ddp or fsdp, got '{strategy}'")
     opts = StageOptions(**{k: v for k, v in model_opts.items() if v is not None}, epochs=epochs,
                         batch_size=batch_size, lr=lr, seed=seed, lang=lang, limit=limit, devices=devices,
-                        strategy=strategy)
+                        strategy=strategy, device=device)
     vocab = None
     if vocab_data and init is None:
         vocab = texts_of(load_stage_items(stage, data, split, opts, data_root, _held_out(held_out), _note)[0])
@@ -115,12 +116,13 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, help="Where answers.jsonl and metrics.json go (default: the run)."),
     data_root: Optional[Path] = typer.Option(None, help="MedVQA data root (default: the run's)."),
     limit: Optional[int] = typer.Option(None, min=1, hidden=True, help="Evaluate the first N items (tests)."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N (bf16 autocast on a GPU)."),
 ):
     """Answer the questions, score them beside the majority and image-blind baselines, print the summary."""
     from medvtab.vqa.train import evaluate as run_eval, summary_line
 
     metrics = run_eval(run, data, split, closed_candidates=closed_candidates, out=out, root=data_root,
-                       limit=limit, on_note=_note)
+                       limit=limit, on_note=_note, device=device)
     print(summary_line(metrics))
 
 

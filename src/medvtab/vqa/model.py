@@ -146,19 +146,21 @@ class VQAModel(nn.Module):
         prompt: restricted decoding for closed questions picks the argmax. ``prompts`` and ``candidates`` are id
         lists (the candidates ending in eos)."""
         prefix = self.prefix(features)
+        device = self.lm.get_input_embeddings().weight.device
         pairs = [(b, c) for b in range(len(prompts)) for c in range(len(candidates))]
         scores = torch.empty(len(prompts) * len(candidates))
         for start in range(0, len(pairs), chunk):
             part = pairs[start:start + chunk]
-            ids, mask, labels = collate([(prompts[b] + candidates[c], len(prompts[b])) for b, c in part], pad_id)
-            rows = torch.tensor([b for b, _ in part])
+            ids, mask, labels = (t.to(device) for t in collate([(prompts[b] + candidates[c], len(prompts[b]))
+                                                                 for b, c in part], pad_id))
+            rows = torch.tensor([b for b, _ in part], device=device)
             embeds, mask, labels = self._inputs(None if prefix is None else prefix[rows], ids, mask, labels)
             logits = self.lm(inputs_embeds=embeds, attention_mask=mask).logits[:, :-1]
             target = labels[:, 1:]
             scored = target != IGNORE  # normalise only the rows that predict a candidate token (vocabularies are big)
             logp = F.log_softmax(logits[scored].float(), dim=-1).gather(-1, target[scored].unsqueeze(-1)).squeeze(-1)
-            row = torch.arange(len(part)).unsqueeze(1).expand_as(target)[scored]
-            scores[start:start + len(part)] = torch.zeros(len(part)).index_add_(0, row, logp)
+            row = torch.arange(len(part), device=device).unsqueeze(1).expand_as(target)[scored]
+            scores[start:start + len(part)] = torch.zeros(len(part), device=device).index_add_(0, row, logp).cpu()
         return scores.view(len(prompts), len(candidates))
 
     # --- trainable state -----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 from contextlib import nullcontext
@@ -58,6 +59,7 @@ class StageOptions(BaseModel):
     # floating-point order, except for the Q-Former's dropout, whose random draws depend on the split.
     devices: int = Field(1, ge=1)
     strategy: Literal["ddp", "fsdp"] = "ddp"
+    device: str = "cpu"  # "cpu", "cuda" or "cuda:N"; on CUDA the LM and fusion run under bf16 autocast
 
     def qformer(self) -> QFormerConfig:
         return QFormerConfig(self.num_queries, self.qformer_hidden, self.qformer_layers, self.qformer_heads,
@@ -110,13 +112,30 @@ def sequences(items: list, tokenizer) -> list[tuple[list[int], int]]:
     return [encode_text(tokenizer, question_prompt(i.question), i.answer) for i in items]
 
 
-def image_features(encoder: VisionEncoder | None, items: list, batch_size: int = 64):
-    """Vision tokens of each distinct image once, and per item the row of its image (None when blind)."""
+def run_device(name: str) -> torch.device:
+    """The ``--device`` option as a device, refused where it does not exist."""
+    if name != "cpu" and not re.fullmatch(r"cuda(:\d+)?", name):
+        raise MedvtabError(f"option '--device': expected cpu, cuda or cuda:N, got '{name}'")
+    if name != "cpu" and not torch.cuda.is_available():
+        raise MedvtabError("option '--device': cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on a GPU (the LM and fusion; the vision tokens are cached in float32), nothing on a CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def image_features(encoder: VisionEncoder | None, items: list, batch_size: int = 64,
+                   device: torch.device = torch.device("cpu")):
+    """Vision tokens of each distinct image once (computed on ``device``, kept on the CPU), and per item the row
+    of its image (None when blind)."""
     if encoder is None:
         return None, None
     paths = list(dict.fromkeys(i.image for i in items))
     row = {p: n for n, p in enumerate(paths)}
-    features = encoder.encode(vqa_data.load_images(paths, encoder.input_size), batch_size)
+    with autocast(device):
+        features = encoder.to(device).encode(vqa_data.load_images(paths, encoder.input_size), batch_size, device)
     return features, torch.tensor([row[i.image] for i in items])
 
 
@@ -151,14 +170,16 @@ def lr_at(step: int, total: int, lr: float, warmup: float = 0.05) -> float:
 
 
 def launch(opts: StageOptions):
-    """A launched Fabric for ``opts.devices`` CPU processes (or a torchrun group), None for one process."""
+    """A launched Fabric for ``opts.devices`` processes on ``opts.device`` (or a torchrun group), None for one
+    process."""
     from medvtab.engine.distributed import launch as launch_fabric
 
-    return launch_fabric("cpu", opts.devices, 1, opts.strategy)
+    run_device(opts.device)
+    return launch_fabric(opts.device, opts.devices, 1, opts.strategy)
 
 
 def fit(model: VQAModel, seqs: list, features, feature_rows, tokenizer, opts: StageOptions,
-        on_note: Note, label: str, fabric=None) -> list[dict]:
+        on_note: Note, label: str, fabric=None, device: torch.device = torch.device("cpu")) -> list[dict]:
     """AdamW on the trainable parameters, shuffled mini-batches; returns one log row per epoch.
 
     ``fabric``: every process draws the same global batches and takes positions rank, rank + W, ... of each; its
@@ -166,9 +187,9 @@ def fit(model: VQAModel, seqs: list, features, feature_rows, tokenizer, opts: St
     average divides out), so the update is the one-process update on the whole global batch."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=0.01)
-    rank, world, wrapped = 0, 1, model
+    rank, world, wrapped = 0, 1, model.to(device)
     if fabric is not None:
-        rank, world = fabric.global_rank, fabric.world_size
+        rank, world, device = fabric.global_rank, fabric.world_size, fabric.device
         wrapped, optimizer = fabric.setup(model, optimizer)
     generator = torch.Generator().manual_seed(opts.seed)
     steps = math.ceil(len(seqs) / opts.batch_size)
@@ -180,9 +201,11 @@ def fit(model: VQAModel, seqs: list, features, feature_rows, tokenizer, opts: St
             share, weight = batch[rank::world], 1.0
             if len(share) == 0:  # a last batch with fewer items than processes: a zero-weight item keeps DDP in step
                 share, weight = batch[:1], 0.0
-            ids, mask, labels = collate([seqs[i] for i in share.tolist()], tokenizer.pad_token_id)
-            feats = None if features is None else features[feature_rows[share]]
-            loss = wrapped(feats, ids, mask, labels).loss  # the mean over this share's answer tokens
+            ids, mask, labels = (t.to(device) for t in collate([seqs[i] for i in share.tolist()],
+                                                               tokenizer.pad_token_id))
+            feats = None if features is None else features[feature_rows[share]].to(device)
+            with autocast(device):
+                loss = wrapped(feats, ids, mask, labels).loss.float()  # the mean over this share's answer tokens
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total, opts.lr)
             optimizer.zero_grad(set_to_none=True)
@@ -283,7 +306,8 @@ def train_stage(stage: str, data: str, out: Path, opts: StageOptions, *, split: 
     else:
         lm, tokenizer = base_lm(opts, None, vocab_texts or texts_of(items))
     encoder = load_vision(opts.vision, opts.img_size)
-    features, rows = image_features(encoder, items)
+    device = fabric.device if fabric is not None else run_device(opts.device)
+    features, rows = image_features(encoder, items, device=device)
     with staged_run_dir(out) if writer else nullcontext() as stage_dir:
         if opts.lm == TINY and writer:
             save_base(lm, tokenizer, stage_dir / LM_DIR)  # the plain base LM, before LoRA wraps it
@@ -291,7 +315,8 @@ def train_stage(stage: str, data: str, out: Path, opts: StageOptions, *, split: 
         if init is not None:
             model.load_trainable_state_dict(read_tensors(Path(init) / WEIGHTS), str(Path(init) / WEIGHTS))
         start = time.perf_counter()
-        log = fit(model, sequences(items, tokenizer), features, rows, tokenizer, opts, on_note, stage, fabric)
+        log = fit(model, sequences(items, tokenizer), features, rows, tokenizer, opts, on_note, stage, fabric,
+                  device)
         config = {
             "stage": stage, "data": str(data), "split": split, "root": None if root is None else str(root),
             "options": opts.model_dump(), "vision_width": encoder.width, "vision_tokens": encoder.num_tokens,
@@ -317,46 +342,54 @@ def predict(model: VQAModel, tokenizer, features, rows, items: list, candidates:
             batch_size: int = 32, max_new_tokens: int = 10) -> list[str]:
     """Greedy answers; closed questions pick the likeliest of ``candidates`` instead when given."""
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    device = model.lm.get_input_embeddings().weight.device
     cand_ids = None
     if candidates:
         cand_ids = [tokenizer(" " + c, add_special_tokens=False)["input_ids"] + [eos] for c in candidates]
     answers = [""] * len(items)
     for start in range(0, len(items), batch_size):
         idx = list(range(start, min(start + batch_size, len(items))))
-        feats = None if features is None else features[rows[idx]]
+        feats = None if features is None else features[rows[idx]].to(device)
         prompts = [encode_text(tokenizer, question_prompt(items[i].question))[0] for i in idx]
         closed = [k for k, i in enumerate(idx) if cand_ids and items[i].answer_type == "closed"]
         free = [k for k in range(len(idx)) if k not in closed]
         if closed:
-            scores = model.score_candidates(None if feats is None else feats[closed], [prompts[k] for k in closed],
-                                            cand_ids, pad)
+            with autocast(device):
+                scores = model.score_candidates(None if feats is None else feats[closed],
+                                                [prompts[k] for k in closed], cand_ids, pad)
             for k, best in zip(closed, scores.argmax(dim=1).tolist()):
                 answers[idx[k]] = candidates[best]
         if free:
             ids, mask, _ = collate([(prompts[k], len(prompts[k])) for k in free], pad, left=True)
-            out = model.generate(None if feats is None else feats[free], ids, mask, eos, pad, max_new_tokens)
+            with autocast(device):
+                out = model.generate(None if feats is None else feats[free], ids.to(device), mask.to(device), eos,
+                                     pad, max_new_tokens)
             for k, tokens in zip(free, out):
                 answers[idx[k]] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
     return answers
 
 
-def image_blind_baseline(run: Path, train_items: list, test_items: list, candidates, on_note: Note) -> list[str]:
+def image_blind_baseline(run: Path, train_items: list, test_items: list, candidates, on_note: Note,
+                         device: torch.device = torch.device("cpu")) -> list[str]:
     """The same LM and LoRA trained as long on the same questions without the image: what the question alone
     gives away."""
     from medvtab.engine.loop import seed_everything
 
     model, tokenizer, opts, _ = load_model(run, blind=True)
     seed_everything(opts.seed)
-    fit(model, sequences(train_items, tokenizer), None, None, tokenizer, opts, on_note, "image-blind")
+    fit(model, sequences(train_items, tokenizer), None, None, tokenizer, opts, on_note, "image-blind",
+        device=device)
     return predict(model, tokenizer, None, None, test_items, candidates)
 
 
 def evaluate(run: Path, data: str, split: str = "test", *, closed_candidates: bool = True, out: Path | None = None,
-             root=None, limit: int | None = None, on_note: Note = print) -> dict:
-    """Answer every question of ``data``/``split`` and score it beside the majority and image-blind baselines;
-    writes ``answers.jsonl`` and ``metrics.json`` to ``out`` (default: the run directory)."""
+             root=None, limit: int | None = None, on_note: Note = print, device: str = "cpu") -> dict:
+    """Answer every question of ``data``/``split`` and score it beside the majority and image-blind baselines,
+    on ``device``; writes ``answers.jsonl`` and ``metrics.json`` to ``out`` (default: the run directory)."""
     run = Path(run)
+    torch_device = run_device(device)
     model, tokenizer, opts, config = load_model(run)
+    model.to(torch_device)
     if config["stage"] == "caption":
         raise MedvtabError(f"{run}: a caption stage run answers no questions; evaluate a vqa or finetune run")
     root = root if root is not None else config.get("root")
@@ -367,11 +400,11 @@ def evaluate(run: Path, data: str, split: str = "test", *, closed_candidates: bo
     test = test[:limit] if limit else test
     train, _ = load_stage_items(config["stage"], config["data"], config["split"], opts, root, on_note=on_note)
     candidates = vqa_data.closed_candidates(train) if closed_candidates else None
-    features, rows = image_features(load_vision(opts.vision, opts.img_size), test)
+    features, rows = image_features(load_vision(opts.vision, opts.img_size), test, device=torch_device)
     start = time.perf_counter()
     predictions = predict(model, tokenizer, features, rows, test, candidates)
     eval_seconds = time.perf_counter() - start
-    blind = image_blind_baseline(run, train, test, candidates, on_note)
+    blind = image_blind_baseline(run, train, test, candidates, on_note, torch_device)
     metrics = {
         **score(predictions, test),
         "baselines": {"majority": score(majority_answers(train, test), test),
@@ -458,7 +491,7 @@ def run_pipeline(cfg: PipelineConfig, out: Path, on_note: Note = print) -> dict 
     if fabric is not None and fabric.global_rank != 0:
         return None
     return evaluate(init, cfg.eval.data, cfg.eval.split, closed_candidates=cfg.eval.closed_candidates,
-                    root=cfg.data_root, on_note=on_note)
+                    root=cfg.data_root, on_note=on_note, device=cfg.options.device)
 
 
 def summary_line(metrics: dict) -> str:

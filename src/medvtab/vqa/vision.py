@@ -69,11 +69,14 @@ class VisionEncoder(nn.Module):
         return torch.cat([xg, xm], dim=-1)
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """Tokens of many images, in batches, without autograd (the cache the fusion trains on)."""
+    def encode(self, images: torch.Tensor, batch_size: int = 64,
+               device: torch.device = torch.device("cpu")) -> torch.Tensor:
+        """Tokens of many images, in batches on ``device`` (where the encoder is), without autograd; returned in
+        float32 on the CPU (the cache the fusion trains on)."""
         if len(images) == 0:
             return torch.zeros(0, self.num_tokens, self.width)
-        return torch.cat([self(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+        return torch.cat([self(images[i:i + batch_size].to(device)).float().cpu()
+                          for i in range(0, len(images), batch_size)])
 
 
 def load_vision(spec: str, img_size: int | None = None) -> VisionEncoder:
