@@ -375,8 +375,8 @@ def image_blind_baseline(run: Path, train_items: list, test_items: list, candida
     gives away."""
     from medvtab.engine.loop import seed_everything
 
+    seed_everything(read_config(run)["options"]["seed"])  # before the LoRA weights are drawn: the same in any process
     model, tokenizer, opts, _ = load_model(run, blind=True)
-    seed_everything(opts.seed)
     fit(model, sequences(train_items, tokenizer), None, None, tokenizer, opts, on_note, "image-blind",
         device=device)
     return predict(model, tokenizer, None, None, test_items, candidates)
