@@ -77,3 +77,25 @@ def test_learning_rate_schedule_warms_up_then_decays():
     lrs = [lr_at(s, 100, 1.0) for s in range(100)]
     assert lrs[0] < lrs[4] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1, abs=1e-3)
     assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+
+
+def test_the_image_blind_baseline_starts_from_the_same_weights_in_any_process(chain, monkeypatch):
+    """Its LoRA weights are drawn after seeding: random numbers drawn before (other work in the same process)
+    change nothing, so `vqa eval` and the pipeline's evaluation give the same baseline."""
+    import torch
+
+    import medvtab.vqa.train as vqa_train
+
+    starts, fit = [], vqa_train.fit
+
+    def recording_fit(model, *args, **kwargs):
+        starts.append({k: v.clone() for k, v in model.trainable_state_dict().items()})
+        return fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(vqa_train, "fit", recording_fit)
+    items = vqa_data.load_vqa("vqa-rad", "train")[:4]
+    for draws in (0, 1000):
+        torch.rand(draws)  # what ran before
+        vqa_train.image_blind_baseline(chain[0] / "finetune", items, items[:2], None, lambda _: None)
+    assert starts[0].keys() == starts[1].keys()
+    assert all(torch.equal(starts[0][k], starts[1][k]) for k in starts[0])
