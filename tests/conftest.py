@@ -15,6 +15,14 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def pair():
+    """The bundled tiny-general and tiny-medical backbones (fresh per test module: some tests change them)."""
+    from medvtab.backbones import load_backbone
+
+    return load_backbone("tiny-general"), load_backbone("tiny-medical")
+
+
 @pytest.fixture(scope="session")
 def small_task(tmp_path_factory):
     """64 train, 16 val, 16 test real PneumoniaMNIST images (the bundled copy), half of each class."""

@@ -14,11 +14,6 @@ from medvtab.methods.dynamer import DynaMerLayer
 
 
 @pytest.fixture(scope="module")
-def pair():
-    return load_backbone("tiny-general"), load_backbone("tiny-medical")
-
-
-@pytest.fixture(scope="module")
 def images():
     g = torch.Generator().manual_seed(0)
     return torch.randint(0, 256, (4, 1, 28, 28), generator=g, dtype=torch.uint8)

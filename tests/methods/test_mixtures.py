@@ -20,11 +20,6 @@ METHODS = ["mof-adapter", "moe-adapter", "gmoe-adapter"]
 
 
 @pytest.fixture(scope="module")
-def pair():
-    return load_backbone("tiny-general"), load_backbone("tiny-medical")
-
-
-@pytest.fixture(scope="module")
 def batch():
     """Eight real PneumoniaMNIST training images (uint8, 1 x 28 x 28) and their labels."""
     with np.load(bundled_path("pneumoniamnist")) as npz:

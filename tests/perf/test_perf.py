@@ -22,11 +22,6 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
-def pair():
-    return load_backbone("tiny-general"), load_backbone("tiny-medical")
-
-
-@pytest.fixture(scope="module")
 def images():
     g = torch.Generator().manual_seed(0)
     return torch.randint(0, 256, (6, 1, 28, 28), generator=g, dtype=torch.uint8)

@@ -9,19 +9,11 @@ import torch
 import yaml
 
 from medvtab.cli import main
-from medvtab.errors import MedvtabError
-from medvtab.vqa import data as vqa_data
 
 SMALL = ["--num-queries", "4", "--epochs", "1", "--limit", "12"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def shared_data():
-    try:
-        vqa_data.vqa_root()
-        vqa_data.load_vqa("vqa-rad", "test")
-    except MedvtabError as err:
-        pytest.skip(f"shared MedVQA data not available ({err})")
+pytestmark = pytest.mark.usefixtures("shared_vqa_data")
 
 
 def medvtab(monkeypatch, capsys, *args) -> tuple[int, str, str]:

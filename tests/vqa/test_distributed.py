@@ -15,20 +15,12 @@ import pytest
 from safetensors.torch import load_file
 
 from medvtab.cli import main
-from medvtab.errors import MedvtabError
-from medvtab.vqa import data as vqa_data
 
 ARGS = ["vqa", "train", "--stage", "finetune", "--data", "vqa-rad", "--limit", "16", "--epochs", "2",
         "--num-queries", "2", "--batch-size", "8", "--qformer-dropout", "0"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def shared_data():
-    try:
-        vqa_data.vqa_root()
-        vqa_data.load_vqa("vqa-rad", "train")
-    except MedvtabError as err:
-        pytest.skip(f"shared MedVQA data not available ({err})")
+pytestmark = pytest.mark.usefixtures("shared_vqa_data")
 
 
 def train(out, devices: int) -> dict:

@@ -131,13 +131,18 @@ def bundled_path(name: str) -> Path:
     return Path(str(resources.files("medvtab") / "assets" / "data" / BUNDLED[name]))
 
 
-def default_data_root() -> Path | None:
-    """``$MEDVTAB_DATA``, else a ``shared/data`` folder beside the project if there is one, else None."""
-    env = os.environ.get(DATA_ENV)
+def shared_root(env_var: str, folder: str) -> Path | None:
+    """``$env_var``, else a ``shared/<folder>`` folder beside the project if there is one, else None."""
+    env = os.environ.get(env_var)
     if env:
         return Path(env)
-    beside = Path(__file__).parents[3].parent / "shared" / "data"
+    beside = Path(__file__).parents[3].parent / "shared" / folder
     return beside if beside.is_dir() else None
+
+
+def default_data_root() -> Path | None:
+    """``$MEDVTAB_DATA``, else a ``shared/data`` folder beside the project if there is one, else None."""
+    return shared_root(DATA_ENV, "data")
 
 
 def _registered_name(task: str) -> str | None:

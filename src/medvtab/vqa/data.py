@@ -25,7 +25,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from medvtab.data.tasks import shared_root
 from medvtab.errors import MedvtabError
 from medvtab.vqa.metrics import normalize_answer
 
@@ -81,11 +81,7 @@ class CaptionItem:
 
 def _default_root() -> Path | None:
     """``$MEDVTAB_VQA_DATA``, else a ``shared/vqa`` folder beside the project if there is one, else None."""
-    env = os.environ.get(VQA_DATA_ENV)
-    if env:
-        return Path(env)
-    beside = Path(__file__).parents[3].parent / "shared" / "vqa"
-    return beside if beside.is_dir() else None
+    return shared_root(VQA_DATA_ENV, "vqa")
 
 
 def vqa_root(root: str | Path | None = None) -> Path:
