@@ -134,9 +134,11 @@ def test_checkpoint_round_trip_gives_identical_logits(pair, images, tmp_path):
 
 
 def test_trainable_parameter_count_matches_closed_form(pair):
-    d, n, r, h, depth, classes = 96, 4, 32, 32, 4, 3
-    for options, gate_dim, skip in [({}, d, False), ({"gate_dim": "width/4", "keep_ratio": 0.5}, d // 4, True),
-                                    ({"gates": "general", "gate_dim": "1"}, 1, False)]:
+    d, n, depth, classes = 96, 4, 4, 3
+    for options, gate_dim, skip in [({}, 1, False), ({"gate_dim": "width/4", "keep_ratio": 0.5}, d // 4, True),
+                                    ({"gates": "general", "gate_dim": "width"}, d, False),
+                                    ({"bottleneck": 32, "router_hidden": 16, "keep_ratio": 0.3}, 1, True)]:
+        r, h = options.get("bottleneck", d // 12), options.get("router_hidden", d // 12)
         gated_streams = 1 if options.get("gates") == "general" else 2
         experts = (2 * d * n * r + n * r) + n * r * d + n * d
         router = d * h + h + h * n + n
@@ -161,12 +163,15 @@ def test_invalid_options_are_named(pair):
             make_config("dynamer", options)
 
 
-def test_gate_dim_one_shares_one_value_across_channels(pair):
-    layer = layers(dynamer(pair, gate_dim="1"))[0]
+@pytest.mark.parametrize("gate_dim, groups", [("1", 1), ("width/4", 24), ("width", 96)])
+def test_each_gate_value_is_shared_by_its_group_of_channels(pair, gate_dim, groups):
+    parts = layers(dynamer(pair, gate_dim=gate_dim))[0].streams[0]
     with torch.no_grad():
-        layer.streams[0].gate.weight.normal_()
-    g = layer.streams[0].gate_values(torch.randn(2, 5, 96))
-    assert g.shape == (2, 5, 96) and torch.equal(g, g[..., :1].expand_as(g))
+        parts.gate.weight.normal_()
+    g = parts.gate_values(torch.randn(2, 5, 96))
+    assert g.shape == (2, 5, groups)
+    delta = torch.randn(2, 5, 96)
+    assert torch.equal(parts.apply_gate(g, delta), g.repeat_interleave(96 // groups, dim=-1) * delta)
 
 
 def test_load_balancing_loss_penalises_collapse(pair):

@@ -137,6 +137,17 @@ def test_fast_and_reference_logits_agree_in_evaluation(pair, images, skip_mode, 
     torch.testing.assert_close(logits(model, images, True, moe="dense"), reference, **TOL)
 
 
+@pytest.mark.parametrize("options", [{"gate_dim": "width"}, {"gate_dim": "width/4", "keep_ratio": 0.5},
+                                     {"gates": "general", "keep_ratio": 0.3, "skip_mode": "block"},
+                                     {"gates": "none", "keep_ratio": 0.5, "top_k": 3}])
+def test_fast_and_reference_logits_agree_for_every_gate_shape(pair, images, options):
+    """A one-value gate folds into the expert weights on the fast path; wider gates multiply the change."""
+    model = trained_dynamer(pair, **options).eval()
+    reference = logits(model, images, fast=False)
+    for moe in ("dense", "gathered"):
+        torch.testing.assert_close(logits(model, images, True, moe=moe, mode=torch.inference_mode), reference, **TOL)
+
+
 @pytest.mark.parametrize("skip_mode, keep_ratio", [("adapter", 1.0), ("adapter", 0.5), ("block", 0.3)])
 def test_fast_and_reference_agree_in_training(pair, images, skip_mode, keep_ratio):
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
@@ -248,6 +259,7 @@ def test_auto_moe_choice_is_dense_where_it_measured_faster():
     assert many.choose(10 * GATHER_MIN_ROWS, cpu) == "gathered"
     assert many.choose(10 * GATHER_MIN_ROWS, cpu, shared=True) == "gathered"
     assert many.choose(10 * GATHER_MIN_ROWS, torch.device("cuda")) == "dense"   # no host sync on a GPU
+    assert SharedExperts(192, 8, 96, 16, 2).choose(10 * GATHER_MIN_ROWS, cpu) == "dense"  # narrow experts
     many.impl = "dense"
     assert many.choose(10 * GATHER_MIN_ROWS, cpu) == "dense"
 

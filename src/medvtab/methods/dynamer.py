@@ -8,7 +8,10 @@ Per layer ``l`` and merged token pair ``(x_gen,i, x_med,i)`` (patch tokens; CLS 
   x_med])))``, so ``sum_j p_j AdapE_j = x_s + sum_j p_j delta_j`` (the top-k weights sum to one).
 * Each stream has its own expert router ``R_A`` (an MLP on that stream's token): KeepTopK, then softmax (eq. 2).
 * Each stream has its own gate ``G`` (one linear layer, sigmoid): ``x_hat = g * x_tilde + (1 - g) * x`` (eq. 3),
-  i.e. ``x + g * delta``. ``gate_dim`` < width shares one gate value across a group of channels.
+  i.e. ``x + g * delta``. By default ``G`` reads the whole token and gives one value per token (the paper: "the
+  gate outputs a value between 0 and 1", "lightweight ... for computational efficiency"); ``gate_dim`` up to
+  ``width`` gives a value per group of channels, up to one per channel (a width x width layer per stream: on ViT-B
+  that alone is 8 % of the FLOPs of the two blocks, more than everything else the adapter adds).
 * With ``keep_ratio`` < 1 each stream has a skipping router ``R_S`` (an MLP; tokens ranked by the norm of its
   output, eq. 4): exactly ``ceil(rho * N)`` patch tokens per image go through the adapter, CLS always. The router
   learns as in Mixture-of-Depths: the adapter's change is scaled by ``sigmoid(||R_S(x)||)``.
@@ -26,8 +29,8 @@ the experts' bias term joins the up-projection's product; and the MoE runs dense
 
 Choices where the paper is silent: up-projections start at N(0, 1e-3) and gates at 0.5, so every layer
 starts close to the identity while all routers already receive gradients; routers are two-layer MLPs of
-width ``router_hidden``; with different backbone widths experts output the larger width and a linear map per
-stream projects to the other.
+width ``router_hidden``; experts and routers are width / 12 wide (see ``WIDTH_DIVISOR``); with different backbone
+widths experts output the larger width and a linear map per stream projects to the other.
 """
 from __future__ import annotations
 
@@ -46,15 +49,23 @@ from medvtab.methods.base import AdaptedModel, MethodConfig, register_method
 from medvtab.methods.dual_stream import DualStreamRunner
 
 STREAMS = ("general", "medical")
+# Default hidden widths of experts and routers: width / 12 (AdaptFormer's 64 on ViT-B's 768), so the adapter's
+# cost keeps the same small share of a block's at every backbone size: 4 experts of width / 12 on the pair
+# cost about 5 % of the two blocks they sit between (ViT-B: bottleneck 64; the tiny pair: 8).
+WIDTH_DIVISOR = 12
+MIN_HIDDEN = 4
 
 
 class DynaMerConfig(MethodConfig):
     num_experts: int = Field(4, ge=1)
     top_k: int = Field(2, ge=1)
-    bottleneck: int = Field(32, ge=1, description="hidden width of each expert")
-    router_hidden: int = Field(32, ge=1)
+    bottleneck: int | None = Field(None, ge=1, description="hidden width of each expert (None: the wider "
+                                                            "backbone's width / 12)")
+    router_hidden: int | None = Field(None, ge=1, description="hidden width of the router MLPs (None: the wider "
+                                                               "backbone's width / 12)")
     gates: Literal["both", "general", "medical", "none"] = "both"
-    gate_dim: Literal["width", "width/2", "width/4", "1"] = "width"
+    gate_dim: Literal["1", "width/4", "width/2", "width"] = Field(
+        "1", description="gate values per token: 1 (the paper's lightweight gate) up to one per channel")
     layers: str = Field("all", description="'all', 'last:K' or a comma list of block indices")
     keep_ratio: float = Field(1.0, gt=0.0, le=1.0)
     skip_mode: Literal["adapter", "block"] = "adapter"
@@ -65,6 +76,11 @@ class DynaMerConfig(MethodConfig):
         if self.top_k > self.num_experts:
             raise ValueError(f"top_k ({self.top_k}) must not exceed num_experts ({self.num_experts})")
         return self
+
+    def widths(self, width: int) -> tuple[int, int]:
+        """``(bottleneck, router_hidden)`` for backbones of ``width`` (the wider one's)."""
+        default = max(MIN_HIDDEN, width // WIDTH_DIVISOR)
+        return self.bottleneck or default, self.router_hidden or default
 
 
 def parse_layers(text: str, depth: int) -> list[int]:
@@ -88,22 +104,35 @@ def parse_layers(text: str, depth: int) -> list[int]:
     return layers
 
 
+def softmax_sorted(values: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension of ``topk`` values (largest first): the same function as ``softmax``, which
+    on CPUs is several times slower on a last dimension this short (2 to 8)."""
+    if values.shape[-1] == 2:
+        p = torch.sigmoid(values[..., :1] - values[..., 1:])
+        return torch.cat([p, 1 - p], dim=-1)
+    e = (values - values[..., :1]).exp()
+    return e / e.sum(dim=-1, keepdim=True)
+
+
 def _mlp(width: int, hidden: int, out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, out))
 
 
 # When the MoE is computed gathered (each token through its top-k experts only) instead of densely (all experts
 # as two fused matrix products, unselected ones weighted 0). Measured with `medvtab perf` (section "moe": 1,600
-# and 12,800 token rows, 4, 8 and 16 experts, top-2, the tiny pair's widths; four runs) on the 2-core development
-# CPU: with the default 4 experts dense is faster everywhere (gathering the rows, sorting them by expert and
-# scattering the results back cost more than the half of the products it saves: gathered 1.4x-2.3x slower); at 8
-# experts gathered is faster for one stream's pass (a skipping router's kept tokens; about 1.1x-1.3x) but not where
-# dense computes one down-projection for both streams (keep ratio 1: dense shares it, gathered cannot); at 16
-# experts gathered wins everywhere (1.2x-2.4x). Rule: gathered over at least GATHER_MIN_ROWS token rows with at
-# least GATHER_MIN_RATIO experts per selected one (GATHER_MIN_RATIO_SHARED where dense would share its
-# activations between the streams), dense otherwise. The gathered path needs each expert's token count on the host
-# (a synchronisation on a GPU, where routing must not wait for the host), so "auto" is dense there.
+# and 12,800 token rows, 4, 8 and 16 experts, top-2, the tiny pair's widths) on the 2-core development CPU. With
+# experts 32 wide (four runs): at the default 4 experts dense is faster everywhere (gathering the rows, sorting them
+# by expert and scattering the results back cost more than the half of the products it saves: gathered 1.4x-2.3x
+# slower); at 8 experts gathered is faster for one stream's pass (a skipping router's kept tokens; about
+# 1.1x-1.3x) but not where dense computes one down-projection for both streams (keep ratio 1: dense shares it,
+# gathered cannot); at 16 experts gathered wins everywhere (1.2x-2.4x). With experts 8 wide (the tiny pair's
+# default) dense wins at every size: the products are too small to pay for the gathering. Rule: gathered over at
+# least GATHER_MIN_ROWS token rows, with experts at least GATHER_MIN_BOTTLENECK wide and at least GATHER_MIN_RATIO
+# experts per selected one (GATHER_MIN_RATIO_SHARED where dense would share its activations between the streams),
+# dense otherwise. The gathered path needs each expert's token count on the host (a synchronisation on a GPU,
+# where routing must not wait for the host), so "auto" is dense there.
 GATHER_MIN_ROWS = 1024
+GATHER_MIN_BOTTLENECK = 32
 GATHER_MIN_RATIO = 4
 GATHER_MIN_RATIO_SHARED = 8
 MOE_IMPLS = ("auto", "dense", "gathered")
@@ -140,7 +169,8 @@ class SharedExperts(nn.Module):
         up-projection's columns (a (n x out) product of its own costs as much as the big one on a CPU)."""
         h = hidden.unflatten(-1, (self.num_experts, self.bottleneck)) * weights.unsqueeze(-1)
         h = torch.cat([h.flatten(-2), weights], dim=-1)
-        return F.linear(h, torch.cat([self.up.weight, self.up_bias.t()], dim=1))
+        # (in x out) contiguous: with so few rows in the product, F.linear's transposed weight is slower on CPUs
+        return h @ torch.cat([self.up.weight, self.up_bias.t()], dim=1).t().contiguous()
 
     def gathered(self, pair: torch.Tensor, top_idx: torch.Tensor, top_w: torch.Tensor) -> torch.Tensor:
         """``sum_k top_w_k * (up_j(gelu(down_j(pair))) + up_bias_j)`` over each token's experts ``j = top_idx_k``,
@@ -171,7 +201,7 @@ class SharedExperts(nn.Module):
         activations once for both streams (keep ratio 1)."""
         if self.impl != "auto":
             return self.impl
-        if device.type != "cpu" or rows < GATHER_MIN_ROWS:
+        if device.type != "cpu" or rows < GATHER_MIN_ROWS or self.bottleneck < GATHER_MIN_BOTTLENECK:
             return "dense"
         ratio = GATHER_MIN_RATIO_SHARED if shared else GATHER_MIN_RATIO
         return "gathered" if self.num_experts >= ratio * self.top_k else "dense"
@@ -183,7 +213,8 @@ class StreamParts(nn.Module):
     def __init__(self, width: int, expert_width: int, cfg: DynaMerConfig, gated: bool):
         super().__init__()
         self.width = width
-        self.router = _mlp(width, cfg.router_hidden, cfg.num_experts)
+        router_hidden = cfg.widths(expert_width)[1]
+        self.router = _mlp(width, router_hidden, cfg.num_experts)
         gate_dim = {"width": width, "width/2": width // 2, "width/4": width // 4, "1": 1}[cfg.gate_dim]
         if width % gate_dim:
             raise MedvtabError(f"option 'gate_dim': {cfg.gate_dim} does not divide width {width}")
@@ -191,12 +222,19 @@ class StreamParts(nn.Module):
         if self.gate is not None:
             nn.init.zeros_(self.gate.weight)
             nn.init.zeros_(self.gate.bias)  # g = 0.5 at start; delta ~ 0 keeps the layer near the identity
-        self.skip_router = _mlp(width, cfg.router_hidden, cfg.router_hidden) if cfg.keep_ratio < 1 else None
+        self.skip_router = _mlp(width, router_hidden, router_hidden) if cfg.keep_ratio < 1 else None
         self.project = nn.Linear(expert_width, width) if expert_width != width else None
 
     def gate_values(self, x: torch.Tensor) -> torch.Tensor:
-        g = torch.sigmoid(self.gate(x))
-        return g if g.shape[-1] == self.width else g.repeat_interleave(self.width // g.shape[-1], dim=-1)
+        """``(..., gate_dim)`` gate values, one per group of ``width / gate_dim`` channels."""
+        return torch.sigmoid(self.gate(x))
+
+    @staticmethod
+    def apply_gate(gate: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """``g * delta`` with each gate value shared by its group of channels (broadcast, never repeated)."""
+        if gate.shape[-1] in (1, delta.shape[-1]):
+            return gate * delta
+        return (delta.unflatten(-1, (gate.shape[-1], -1)) * gate.unsqueeze(-1)).flatten(-2)
 
 
 class DynaMerLayer(nn.Module):
@@ -210,8 +248,8 @@ class DynaMerLayer(nn.Module):
         self.num_patches = general.num_patches
         self.keep = math.ceil(cfg.keep_ratio * self.num_patches)
         expert_width = max(general.width, medical.width)
-        self.experts = SharedExperts(general.width + medical.width, cfg.bottleneck, expert_width, cfg.num_experts,
-                                     cfg.top_k)
+        self.experts = SharedExperts(general.width + medical.width, cfg.widths(expert_width)[0], expert_width,
+                                     cfg.num_experts, cfg.top_k)
         gated = {"general": cfg.gates in ("both", "general"), "medical": cfg.gates in ("both", "medical")}
         self.streams = nn.ModuleList(
             StreamParts(info.width, expert_width, cfg, gated[name]) for name, info in zip(STREAMS, (general, medical)))
@@ -234,11 +272,14 @@ class DynaMerLayer(nn.Module):
         balance = n * (dispatch * logits.softmax(-1).flatten(0, -2).mean(0)).sum()
         return weights, balance
 
-    def _select(self, parts: StreamParts, merged: torch.Tensor):
-        """Eq. 4: the ceil(rho * N) patch tokens with the largest ||R_S(x)||, in grid order; CLS always.
-        Returns patch indices (B, K), rows in the merged slice, and the router weight of each row."""
+    def _select(self, s: int, tokens: torch.Tensor):
+        """Eq. 4: the ceil(rho * N) patch tokens of stream ``s`` (its whole ``(B, T, width)`` tensor) with the
+        largest ||R_S(x)||, in grid order; CLS always. Returns patch indices (B, K), rows in the merged slice, and
+        the router weight of each row."""
         c = 1 if self.merges_cls else 0
-        scores = parts.skip_router(merged[:, c:]).norm(dim=-1)
+        # The router runs on every row and the prefix rows' scores are dropped: a slice of the rows would be
+        # copied to contiguous memory first, which costs more than the router on one or two extra rows.
+        scores = self.streams[s].skip_router(tokens).norm(dim=-1)[:, self.prefixes[s]:]
         keep = scores.topk(self.keep, dim=1).indices.sort(dim=1).values
         weight = torch.sigmoid(scores.gather(1, keep))
         rows = keep + c
@@ -256,7 +297,7 @@ class DynaMerLayer(nn.Module):
             delta = parts.project(delta)
         gate = parts.gate_values(x) if parts.gate is not None else None
         if gate is not None:
-            delta = gate * delta  # eq. 3: g * (x + delta) + (1 - g) * x
+            delta = parts.apply_gate(gate, delta)  # eq. 3: g * (x + delta) + (1 - g) * x
         if router_weight is not None:
             delta = delta * router_weight.unsqueeze(-1)
         if self.record_stats and not self.training:
@@ -309,27 +350,38 @@ class DynaMerLayer(nn.Module):
         parts = self.streams[s]
         logits = parts.router(x)
         top_val, top_idx = logits.topk(self.cfg.top_k, dim=-1)
-        top_w = top_val.softmax(dim=-1)
+        top_w = softmax_sorted(top_val)
         impl = "dense" if hidden is not None else self.experts.choose(x.shape[0] * x.shape[1], x.device)
         weights = None
         if impl == "dense" or self.training or self.record_stats:
             weights = torch.zeros_like(logits).scatter(-1, top_idx, top_w)
         if self.training:
             self._balance.append((logits, weights))
-        # The change is linear in the expert weights: a router weight folds into them (not past a projection's bias).
-        fold = router_weight is not None and parts.project is None
+        gate = parts.gate_values(x) if parts.gate is not None else None
+        # The change is linear in the expert weights, so per-token factors fold into them (a (tokens x n) product
+        # instead of one over (tokens x width)): the skipping router's weight, and a one-value-per-token gate.
+        # Not past a projection's bias.
+        scale = None
+        if parts.project is None:
+            if router_weight is not None:
+                scale, router_weight = router_weight.unsqueeze(-1), None
+            if gate is not None and gate.shape[-1] == 1:
+                scale, gate_left = (gate if scale is None else scale * gate), None
+            else:
+                gate_left = gate
+        else:
+            gate_left = gate
         if impl == "dense":
-            w = weights * router_weight.unsqueeze(-1) if fold else weights
+            w = weights if scale is None else weights * scale
             delta = self.experts.mix_folded(hidden if hidden is not None else self.experts.hidden(pair), w)
         else:
-            w = top_w * router_weight.unsqueeze(-1) if fold else top_w
+            w = top_w if scale is None else top_w * scale
             delta = self.experts.gathered(pair, top_idx, w)
         if parts.project is not None:
             delta = parts.project(delta)
-        gate = parts.gate_values(x) if parts.gate is not None else None
-        if gate is not None:
-            delta = gate * delta  # eq. 3
-        if router_weight is not None and not fold:
+        if gate_left is not None:
+            delta = parts.apply_gate(gate_left, delta)  # eq. 3
+        if router_weight is not None:
             delta = delta * router_weight.unsqueeze(-1)
         if self.record_stats and not self.training:
             self._record(s, weights, gate, x.shape[1] / merged_len)
@@ -362,7 +414,7 @@ class DynaMerLayer(nn.Module):
             elif not skip:
                 outs[s] = ("all", self._delta(s, merged[s], pair_all, shared, None, merged_len))
             else:
-                keep, rows, weight = self._select(self.streams[s], merged[s])
+                keep, rows, weight = self._select(s, full[s])
                 pair = torch.cat([gather_tokens(full[0], rows + starts[0]),
                                   gather_tokens(full[1], rows + starts[1])], dim=-1)
                 x = pair[..., :self.widths[0]] if s == 0 else pair[..., self.widths[0]:]
@@ -415,7 +467,7 @@ class DynaMerLayer(nn.Module):
         else:
             new = []
             for s in (0, 1):
-                keep, rows, weight = self._select(self.streams[s], merged[s])
+                keep, rows, weight = self._select(s, (xg, xm)[s])
                 pair = torch.cat([gather_tokens(merged[0], rows), gather_tokens(merged[1], rows)], dim=-1)
                 out, bal = self._update(s, gather_tokens(merged[s], rows), self.experts.hidden(pair), merged_len, weight)
                 new.append(scatter_tokens(merged[s], rows, out))

@@ -539,13 +539,14 @@ def measure_moe(ctx: Context) -> dict:
     gi, mi = ctx.general.info, ctx.medical.info
     tokens = check_alignment(gi, mi).merged_tokens
     in_dim, out_dim = gi.width + mi.width, max(gi.width, mi.width)
+    bottleneck = cfg.widths(out_dim)[0]
     rows = []
     for batch in ctx.cfg.moe_batches:
         for n in ctx.cfg.moe_experts:
             k = min(cfg.top_k, n)
             gen = torch.Generator().manual_seed(n)
             torch.manual_seed(n)
-            experts = SharedExperts(in_dim, cfg.bottleneck, out_dim, n, k).to(ctx.device)
+            experts = SharedExperts(in_dim, bottleneck, out_dim, n, k).to(ctx.device)
             with torch.no_grad():
                 experts.up.weight.normal_(std=0.02)
                 experts.up_bias.normal_(std=0.02)
@@ -589,7 +590,7 @@ def measure_moe(ctx: Context) -> dict:
                     "weighted 0) vs gathered (each token through its top-k experts only); per_stream: one stream's "
                     "pass over its rows (a skipping router's kept tokens), shared: both streams at keep ratio 1 "
                     "(dense computes the hidden activations once for both); outputs compared with the reference mix",
-            "in_dim": in_dim, "out_dim": out_dim, "bottleneck": cfg.bottleneck, "merged_tokens": tokens,
+            "in_dim": in_dim, "out_dim": out_dim, "bottleneck": bottleneck, "merged_tokens": tokens,
             "rows": rows}
 
 
