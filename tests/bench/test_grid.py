@@ -106,6 +106,20 @@ def test_normalisation_maps_equal_runs_to_one_run_id():
     assert a[0].run_id() == RunSpec(task="breastmnist", method="dynamer", train={"epochs": 3}).run_id()
 
 
+def test_run_id_follows_the_methods_whole_configuration(monkeypatch):
+    """Options equal to the defaults name the same run; when a release changes a default, a stored run made under
+    the old default is a different run (never reused as the new one)."""
+    default = RunSpec(task="breastmnist", method="dynamer")
+    before = default.run_id()
+    assert RunSpec(task="breastmnist", method="dynamer", options={"gate_dim": "1"}).run_id() == before
+    assert RunSpec(task="breastmnist", method="dynamer", options={"gate_dim": "width"}).run_id() != before
+    import medvtab.methods as methods
+
+    real = methods.make_config  # a release whose default gate is one value per channel
+    monkeypatch.setattr(methods, "make_config", lambda name, options: real(name, {"gate_dim": "width", **options}))
+    assert default.run_id() != before
+
+
 def test_groups_inherit_and_merge_top_level_fields():
     grid = parse_grid({
         "tasks": ["breastmnist"], "seeds": [3, 7], "train": {"epochs": 2, "batch_size": 16},

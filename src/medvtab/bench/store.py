@@ -49,9 +49,17 @@ class RunSpec(BaseModel):
                                                           "(a grid keeps only those that differ from the defaults)")
 
     def key(self) -> str:
-        """Hash of everything but ``group`` (two tables may share one run)."""
-        body = json.dumps(self.model_dump(exclude={"group"}), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(body.encode()).hexdigest()[:12]
+        """Hash of everything but ``group`` (two tables may share one run), with the method's whole configuration
+        in place of ``options``: when a default changes, the run is a different run, never the stored one."""
+        from medvtab.methods import make_config
+
+        body = self.model_dump(exclude={"group"})
+        try:
+            body["options"] = make_config(self.method, self.options).model_dump(mode="json")
+        except MedvtabError:  # a method (or option) this version does not know: a store may still list it
+            pass
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def run_id(self) -> str:
         return f"{self.task}-{self.method}-s{self.seed}-{self.key()}".replace("/", "_")
