@@ -100,6 +100,15 @@ def train(
     auto_batch: bool = typer.Option(False, "--auto-batch", help="On CUDA out of memory, halve the batch size and go "
                                                                 "on (the epoch starts again; each reduction is "
                                                                 "recorded in metrics.json) instead of stopping."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the model for training and evaluation "
+                                                           "(the first epoch pays for compiling); runs eagerly "
+                                                           "where compiling fails, the reason recorded in "
+                                                           "metrics.json."),
+    grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing", help="Recompute the backbone blocks in "
+                                                                                "the backward pass instead of "
+                                                                                "keeping their activations (less "
+                                                                                "memory, about one more forward "
+                                                                                "of compute, same results)."),
 ):
     """Train a method on a task and write metrics, config, adapter weights, a log and the splits to --out."""
     from medvtab.engine.loop import TrainConfig
@@ -120,7 +129,8 @@ def train(
     out = out if out is not None else resume
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, patience=patience,
                       devices=devices, num_nodes=num_nodes, skip_nonfinite=skip_nonfinite,
-                      eval_batch_size=eval_batch_size, auto_batch=auto_batch)
+                      eval_batch_size=eval_batch_size, auto_batch=auto_batch, compile=compile_,
+                      grad_checkpointing=grad_checkpointing)
     with loss_progress(f"{method} on {Path(task).stem}") as on_step:
         metrics = train_run(task, method, general, medical, out, cfg, options, train_size, on_step, on_note=note,
                             protocol=protocol, train_fraction=train_fraction, shots=shots, seen=seen,

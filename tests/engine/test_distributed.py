@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 RUN = [sys.executable, "-m", "medvtab.cli", "train", "--epochs", "2", "--batch-size", "16", "--seed", "3"]
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from medvtab.atomic import atomic_write
 from medvtab.data import Split
 from medvtab.engine.metrics import selection_score
+from medvtab.engine.speed import CompiledForward, set_grad_checkpointing
 from medvtab.errors import MedvtabError
 from medvtab.methods import AdaptedModel
 
@@ -39,6 +40,10 @@ class TrainConfig(BaseModel):
     skip_nonfinite: int = Field(0, ge=0, description="bad (NaN / infinite loss) batches to skip before stopping")
     num_nodes: int = Field(1, ge=1, description="machines")
     auto_batch: bool = Field(False, description="on CUDA out of memory, halve the batch size and go on (recorded)")
+    compile: bool = Field(False, description="torch.compile the model's forward for training and evaluation; eager "
+                                             "where compiling fails (the reason is recorded)")
+    grad_checkpointing: bool = Field(False, description="recompute the backbone blocks in the backward pass instead "
+                                                        "of keeping their activations (less memory, same results)")
 
 
 def seed_everything(seed: int) -> None:
@@ -212,6 +217,13 @@ class FitResult:
     best_epoch: int = 0
     train_seconds: float = 0.0
     skipped_batches: int = 0
+    compile: dict = field(default_factory=lambda: {"requested": False, "in_effect": False, "fallback": None})
+    compiled: CompiledForward | None = None  # the model's compiled forward, where compiling was tried
+
+    def compile_record(self) -> dict:
+        """``compile``: requested, in effect, the fallback reason; as of now (a pass after training, such as the
+        test pass, may still fall back)."""
+        return self.compiled.record() if self.compiled is not None else self.compile
 
 
 def _cpu_copy(state):
@@ -254,6 +266,47 @@ def _finite_everywhere(loss: torch.Tensor, fabric) -> bool:
     return bool(finite.item() == 1.0)
 
 
+FEATURE_CACHING_NOT_COMPILED = ("not applied: a feature-caching method (its backbone features are computed once "
+                                "and its head trains on them)")
+
+
+def compile_for_training(model: AdaptedModel, probe_images: torch.Tensor, device: torch.device,
+                         fabric=None, on_note: Callable[[str], None] = print) -> CompiledForward:
+    """``model.forward`` compiled (:class:`CompiledForward`), tried by forward and backward passes in training
+    mode on the first two, then three ``probe_images`` (a second batch size makes the compiler build the graph
+    for any batch size, so the run's batches need no further compilation; each backward is compiled at its first
+    call), with the random state restored and the gradients cleared afterwards, so the run goes on as it would
+    have. Under ``fabric`` every process falls back where any could not compile. Call on the bare model, before
+    ``fabric.setup``: DDP then wraps the module whose forward is compiled (PyTorch's advice for DDP), and
+    evaluation, which runs the bare model, is compiled too. A fallback, here or later, is noted."""
+    torch._dynamo.reset()  # a fresh cache per run: many runs in one process (grids) must not reach its limit
+    compiled = CompiledForward(model, lambda reason: on_note(f"note: --compile: running eagerly from here on "
+                                                             f"({reason})"))
+
+    def probe() -> None:
+        cuda = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            model.train()
+            for n in sorted({min(2, len(probe_images)), min(3, len(probe_images))}):
+                with _autocast(device):
+                    loss = model(probe_images[:n].to(device)).float().sum()
+                    aux = model.auxiliary_loss()
+                    if aux is not None:
+                        loss = loss + aux
+                loss.backward()
+
+    try:
+        compiled.check(probe, "first compiled training step")
+    finally:
+        for p in model.parameters():
+            p.grad = None
+    if fabric is not None:
+        ok = fabric.all_reduce(torch.tensor(float(compiled.in_effect), device=fabric.device), reduce_op="mean")
+        if float(ok) < 1.0:
+            compiled.disable("another process of the run could not compile (every process runs eagerly)")
+    return compiled
+
+
 def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
         on_step: Callable[[int, int, float], None] | None = None, fabric=None,
         on_epoch: Callable[[dict], None] | None = None, checkpoint: Path | None = None,
@@ -275,6 +328,12 @@ def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
     would from that epoch's weights; a validation or feature pass is simply repeated."""
     device = fabric.device if fabric is not None else torch.device(cfg.device)
     model.to(device)
+    set_grad_checkpointing(model, cfg.grad_checkpointing)
+    train_x, val_x = as_tensor(train), as_tensor(val)
+    compiled, compiling = None, time.perf_counter()
+    if cfg.compile and not model.caches_features:
+        compiled = compile_for_training(model, train_x[:3], device, fabric, on_note)
+    compiling = time.perf_counter() - compiling  # counted in the training time
     head = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("head.")]
     rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
     optimizer = torch.optim.AdamW([{"params": rest}, {"params": head, "lr": cfg.lr * cfg.head_lr_scale}],
@@ -306,13 +365,16 @@ def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
         return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule, last_epoch=step - 1)
 
     generator = torch.Generator().manual_seed(cfg.seed)
-    train_x, val_x = as_tensor(train), as_tensor(val)
     train_y = torch.from_numpy(train.y)
     score_name = "val_auroc" if val.targets is not None else "val_accuracy"
     if device.type == "cuda":
         train_x, train_y = train_x.pin_memory(), train_y.pin_memory()
 
     result, best_acc, stale, step, first_epoch, stopped, elapsed = FitResult(batches), -1.0, 0, 0, 1, False, 0.0
+    if cfg.compile and compiled is None:
+        result.compile = {"requested": True, "in_effect": False, "fallback": FEATURE_CACHING_NOT_COMPILED}
+        on_note(f"note: --compile: {FEATURE_CACHING_NOT_COMPILED}")
+    result.compiled = compiled
     best_state = None
     if resume is not None:
         if resume.get("fingerprint") != fingerprint:
@@ -336,7 +398,7 @@ def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
         result.skipped_batches, elapsed = resume["skipped_batches"], resume["elapsed"]
         first_epoch = resume["epoch"] + 1
     cached = None  # (train features, val features) for models that cache them
-    start = time.perf_counter() - elapsed
+    start = time.perf_counter() - elapsed - compiling
 
     def train_epoch(epoch: int) -> tuple[float, int]:
         """One pass over the training set; returns the summed loss and the images seen."""

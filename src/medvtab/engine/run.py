@@ -63,6 +63,11 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
     ``train_cfg.auto_batch`` the batch size is halved and the run goes on, each reduction noted and recorded in
     metrics.json (``batch_size_reductions``, the final ``batch_size`` and ``eval_batch_size``).
 
+    ``train_cfg.compile``: the model's forward is ``torch.compile``-d for training and evaluation, eager where
+    that fails; metrics.json and config.json (written again at the end) record ``compile``: ``requested``,
+    ``in_effect`` and the ``fallback`` reason. ``train_cfg.grad_checkpointing``: the backbone blocks are
+    recomputed in the backward pass (same results, less memory); recorded as ``grad_checkpointing``.
+
     The run directory holds config.json and splits.json from the start and ``checkpoint.pt`` after every epoch;
     ``resume=True`` continues the unfinished run in ``out`` from its checkpoint (same options required), which
     on CPU ends with the metrics an uninterrupted run has. The result files are written one by one, atomically,
@@ -164,14 +169,18 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
         "split_sizes": data.sizes(),
         **({"split_patients": data.patient_counts()} if data.patient_counts() is not None else {}),
         "routing": model.routing_stats(),
+        "compile": result.compile_record(), "grad_checkpointing": train_cfg.grad_checkpointing,
     }
     if data.extra_tests:  # patient-ood: the usual keys are the seen test's; each test set in full too
         metrics["seen"] = summarise_test_set(data.test, test_metrics)
         for name, split in data.extra_tests.items():
             extra = test_pass(split)
             metrics[name] = summarise_test_set(split, classification_metrics(split.y, extra.probs))
+        metrics["compile"] = result.compile_record()  # as of the last pass
     if not writer:
         return None
+    if train_cfg.compile:  # whether it took effect is known now
+        rundir.write_json(out / rundir.CONFIG, {**run_config, "compile": metrics["compile"]})
     rundir.write_tensors(out / rundir.ADAPTER, model.trainable_state_dict())
     rundir.write_csv(out / rundir.LOG, result.history)
     rundir.write_json(out / rundir.METRICS, metrics)  # last: the run is finished
@@ -179,11 +188,12 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
     if tracker:
         tracker.finish({"task": data.name, "method": method, "seed": train_cfg.seed, "protocol": chosen.record(),
                         "general": general_spec, "medical": medical_spec, "train": train_cfg.model_dump(),
-                        "method_config": config.model_dump()}, metrics, out)
+                        "method_config": config.model_dump(), "compile": metrics["compile"]}, metrics, out)
     return metrics
 
 
-RESUME_INDEPENDENT = ("device", "devices", "num_nodes", "eval_batch_size", "skip_nonfinite", "auto_batch")
+RESUME_INDEPENDENT = ("device", "devices", "num_nodes", "eval_batch_size", "skip_nonfinite", "auto_batch", "compile",
+                      "grad_checkpointing")
 
 
 def run_fingerprint(run_config: dict, train_images: int) -> dict:

@@ -35,6 +35,7 @@ from typing import Callable
 
 import torch
 
+from medvtab.engine.speed import compile_with_fallback, set_grad_checkpointing
 from medvtab.errors import MedvtabError
 from medvtab.perf.timing import interleaved, summary
 
@@ -197,8 +198,8 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 
 class Compiler:
-    """``torch.compile`` with a fallback: a module whose compiled form fails its first call runs eagerly, and the
-    reason is kept."""
+    """``torch.compile`` with a fallback (:func:`medvtab.engine.speed.compile_with_fallback`): a module whose
+    compiled form fails its first call runs eagerly, and the reason is kept."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
@@ -208,15 +209,12 @@ class Compiler:
     def __call__(self, name: str, module: torch.nn.Module, probe: Callable[[Callable], object]) -> Callable:
         if not self.enabled:
             return module
-        try:
-            compiled = torch.compile(module)
-            probe(compiled)
-        except Exception as err:  # noqa: BLE001 - any compiler failure means: run eagerly
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            self.fallbacks.append(f"{name}: {type(err).__name__}: {reason}")
-            return module
-        self.compiled += 1
-        return compiled
+        fn, reason = compile_with_fallback(module, probe)
+        if reason is None:
+            self.compiled += 1
+        else:
+            self.fallbacks.append(f"{name}: {reason}")
+        return fn
 
     def record(self) -> dict:
         return {"enabled": self.enabled, "compiled": self.compiled, "fallbacks": self.fallbacks}
@@ -440,14 +438,6 @@ def _train_step(model, images, labels, device: torch.device) -> Callable[[], Non
     return step
 
 
-def _set_checkpointing(model, on: bool) -> None:
-    from medvtab.backbones import Backbone
-
-    for module in model.modules():
-        if isinstance(module, Backbone):
-            module.grad_checkpointing = on
-
-
 def _peak_memory(step: Callable[[], None], device: torch.device) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -489,7 +479,7 @@ def measure_train_steps(ctx: Context) -> dict:
         try:
             get_method(name)
             model = build(name, ctx)
-            _set_checkpointing(model, ctx.cfg.checkpointing)
+            set_grad_checkpointing(model, ctx.cfg.checkpointing)
             if ctx.compiler.enabled and not model.caches_features:
                 model.forward = ctx.compiler(f"train {name}", model.forward,
                                              lambda f: _inference(lambda: f(ctx.images(2)), ctx.device)())
