@@ -94,6 +94,10 @@ def test_shipped_configs():
     assert grid.device == "cuda" and len(specs) == 23 * 14 * 3
     assert {s.general.split("@")[0] for s in specs} == {"dinov2-vitb14"}
     assert {s.medical.split("@")[0] for s in specs} == {"lvmmed-vitb"}
+    paper_size = expand_grid(load_grid_file(CONFIGS / "mini-dynamer-paper-size.yaml"))
+    main = [s for s in yaml_mini if s.group == "main" and s.method == "dynamer"]
+    assert [(s.task, s.train, s.train_size) for s in paper_size] == [(s.task, s.train, s.train_size) for s in main]
+    assert {s.run_id() for s in paper_size}.isdisjoint(s.run_id() for s in main)
 
 
 def test_normalisation_maps_equal_runs_to_one_run_id():
