@@ -411,9 +411,17 @@ def perf(
         print_tables(result)
 
 
-from medvtab.data.cli import data_app; app.add_typer(data_app, name="data", help="Task registry and data checks.")
-from medvtab.vqa.cli import vqa_app; app.add_typer(vqa_app, name="vqa", help="MedVQA: vision encoder + Q-Former + LM with LoRA.")
+from medvtab.data.cli import data_app  # noqa: E402 - the sub-apps register after the main app's commands
+from medvtab.vqa.cli import vqa_app  # noqa: E402
+
+app.add_typer(data_app, name="data", help="Task registry and data checks.")
+app.add_typer(vqa_app, name="vqa", help="MedVQA: vision encoder + Q-Former + LM with LoRA.")
+
+
 def main() -> None:
+    from medvtab.engine.speed import keep_freed_memory
+
+    keep_freed_memory()  # every command: CPU forwards without a page fault per activation buffer
     try:
         app(standalone_mode=True)
     except MedvtabError as err:

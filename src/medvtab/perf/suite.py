@@ -35,7 +35,7 @@ from typing import Callable
 
 import torch
 
-from medvtab.engine.speed import compile_with_fallback, set_grad_checkpointing
+from medvtab.engine.speed import compile_with_fallback, keep_freed_memory, set_grad_checkpointing
 from medvtab.errors import MedvtabError
 from medvtab.perf.timing import interleaved, summary
 
@@ -845,6 +845,7 @@ def make_context(cfg: PerfConfig) -> Context:
 def run_perf(cfg: PerfConfig, on_progress: Callable[[str], None] = lambda m: None) -> dict:
     """Every measurement, in one process; the result is JSON-ready."""
     started = time.perf_counter()
+    malloc_tuned = keep_freed_memory()  # as the CLI does for every command (see medvtab.engine.speed)
     ctx = make_context(cfg)
     device, general, medical = ctx.device, ctx.general, ctx.medical
     durations = {}
@@ -928,7 +929,7 @@ def run_perf(cfg: PerfConfig, on_progress: Callable[[str], None] = lambda m: Non
         "section_seconds": durations,
     }
     result = {
-        "machine": machine_record(ctx), "config": meta, "ratios": ratios, "targets": targets,
+        "machine": {**machine_record(ctx), "malloc_keeps_freed_memory": malloc_tuned}, "config": meta, "ratios": ratios, "targets": targets,
         "backbones": backbones, "skip": skip, "train_step": train, "moe": moe, "loading": loading,
         "flops": {"what": "FLOPs per image from torch.utils.flop_counter (matrix products, convolutions, "
                           "attention; element-wise work not counted)", "per_image": flops, "achieved": rates,
