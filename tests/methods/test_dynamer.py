@@ -61,18 +61,20 @@ def test_open_gates_change_the_outputs(pair, images):
 @pytest.mark.parametrize("keep_ratio", [0.1, 0.3, 0.5, 1.0])
 def test_exactly_ceil_rho_n_tokens_reach_the_adapter(pair, images, keep_ratio):
     model = dynamer(pair, keep_ratio=keep_ratio)
-    seen = []
-    hooks = [layer.experts.down.register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
-             for layer in layers(model)]
+    routed, down = [], []
+    hooks = [parts.router.register_forward_hook(lambda m, i, o: routed.append(i[0].shape))
+             for layer in layers(model) for parts in layer.streams]
+    hooks += [layer.experts.down.register_forward_hook(lambda m, i, o: down.append(i[0].shape[1]))
+              for layer in layers(model)]
     model(images)
     for h in hooks:
         h.remove()
     n = 49  # tiny backbones: 7x7 patches, plus a CLS in both streams, which always goes through
     expected = math.ceil(keep_ratio * n) + 1
-    if keep_ratio == 1.0:
-        assert seen == [(4, n + 1, 192)] * 4  # one shared pass for both streams
-    else:
-        assert seen == [(4, expected, 192)] * 8  # one pass per stream and layer
+    assert routed == [(4, expected, 96)] * 8  # per stream and layer: the kept tokens, no others
+    # The experts' hidden activations: one shared pass over all token pairs where both streams' kept rows are at
+    # least as many (keep ratio 0.5 and 1), else one pass per stream over its kept rows.
+    assert down == ([n + 1] * 4 if 2 * expected >= n + 1 else [expected] * 8)
 
 
 def test_block_skip_mode_hands_kept_indices_to_the_next_block(pair, images):

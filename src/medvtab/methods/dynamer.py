@@ -399,10 +399,14 @@ class DynaMerLayer(nn.Module):
         outs: list[tuple | None] = [None, None]
         keeps = [None, None]
         shared = pair_all = None
-        if not skip and "all" in needed:
+        # The experts' hidden activations once for every token pair, serving both streams, where that is no more
+        # rows than each stream's own (keep ratio 1; with skipping, kept rows of both streams >= all rows).
+        streams_in = [s for s in (0, 1) if needed[s] == "all"]
+        rows_each = self.keep + (1 if self.merges_cls else 0) if skip else merged_len
+        if streams_in and len(streams_in) * rows_each >= merged_len and (not skip or len(streams_in) == 2):
             pair_all = torch.cat(merged, dim=-1)
             token_rows = pair_all.shape[0] * pair_all.shape[1]
-            if needed == ("all", "all") and self.experts.choose(token_rows, xg.device, shared=True) == "dense":
+            if len(streams_in) == 2 and self.experts.choose(token_rows, xg.device, shared=True) == "dense":
                 shared = self.experts.hidden(pair_all)  # one pass serves both streams
         for s in (0, 1):
             if needed[s] == "none":  # nothing of this stream's output is read
@@ -415,10 +419,14 @@ class DynaMerLayer(nn.Module):
                 outs[s] = ("all", self._delta(s, merged[s], pair_all, shared, None, merged_len))
             else:
                 keep, rows, weight = self._select(s, full[s])
-                pair = torch.cat([gather_tokens(full[0], rows + starts[0]),
-                                  gather_tokens(full[1], rows + starts[1])], dim=-1)
-                x = pair[..., :self.widths[0]] if s == 0 else pair[..., self.widths[0]:]
-                outs[s] = ("rows", rows, x + self._delta(s, x, pair, None, weight, merged_len))
+                x = gather_tokens(full[s], rows + starts[s])
+                if shared is not None:
+                    delta = self._delta(s, x, None, gather_tokens(shared, rows), weight, merged_len)
+                else:
+                    pair = torch.cat([gather_tokens(full[0], rows + starts[0]),
+                                      gather_tokens(full[1], rows + starts[1])], dim=-1)
+                    delta = self._delta(s, x, pair, None, weight, merged_len)
+                outs[s] = ("rows", rows, x + delta)
                 if self.cfg.skip_mode == "block":
                     keeps[s] = keep
         # Both streams' inputs have been read: now the outputs may overwrite them.
