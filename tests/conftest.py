@@ -1,4 +1,6 @@
 """Fixtures shared across the test suite."""
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -56,3 +58,18 @@ def vitb_checkpoints(tmp_path_factory):
             v.normal_(std=0.02)
     torch.save(sam, root / "lvmmed_vit.pth")
     return {"dinov2": root / "dinov2.safetensors", "lvmmed": root / "lvmmed_vit.pth"}
+
+
+@pytest.fixture
+def run_medvtab(monkeypatch, capsys):
+    """``run_medvtab(*args)``: ``medvtab ARGS`` in this process through the real entry point -> (exit status,
+    stdout, stderr)."""
+    from medvtab.cli import main
+
+    def run(*args) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["medvtab", *map(str, args)])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        out, err = capsys.readouterr()
+        return exit_info.value.code or 0, out, err
+    return run

@@ -384,17 +384,7 @@ def test_html_escapes_every_string_from_data(hostile_store):
 
 
 # --------------------------------------------------------------------------------------------- errors, CLI
-def cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    from medvtab import cli as cli_module
-
-    monkeypatch.setattr(sys, "argv", ["medvtab", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        cli_module.main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
-
-
-def test_bad_directories_are_user_errors(tmp_path, monkeypatch, capsys, bench_store):
+def test_bad_directories_are_user_errors(run_medvtab, tmp_path, bench_store):
     empty = tmp_path / "empty"
     empty.mkdir()
     corrupt = tmp_path / "corrupt"
@@ -407,21 +397,21 @@ def test_bad_directories_are_user_errors(tmp_path, monkeypatch, capsys, bench_st
     for path, message in ((tmp_path / "absent", "no such directory"), (empty, "bench.json: not found"),
                           (corrupt, "unreadable results file"), (not_object, "malformed grid"),
                           (run, "bench.json: not found"), (run / "metrics.json", "not a directory")):
-        code, out, err = cli(monkeypatch, capsys, "report", path)
+        code, out, err = run_medvtab("report", path)
         assert code == 2, (path, err)
         assert err.startswith("error: ") and message in err and err.count("\n") == 1
         with pytest.raises(MedvtabError):
             load_bench(path)
 
 
-def test_corrupt_run_metrics_are_user_errors(tmp_path, monkeypatch, capsys):
+def test_corrupt_run_metrics_are_user_errors(run_medvtab, tmp_path):
     spec = RunSpec(task="breastmnist", method="linear")
     write_grid(tmp_path, "broken", [spec])
     d = run_dir(tmp_path, spec)
     d.mkdir(parents=True)
     (d / "metrics.json").write_text('{"accuracy": 0.5')
     (d / "config.json").write_text("{}")
-    code, _, err = cli(monkeypatch, capsys, "report", tmp_path)
+    code, _, err = run_medvtab("report", tmp_path)
     assert code == 2 and "metrics.json: unreadable results file" in err
     assert not (tmp_path / "report.html").exists()
 
@@ -436,9 +426,9 @@ def test_a_grid_with_nothing_finished_still_reports(tmp_path):
     assert "No finished DynaMer run" in page and "0 of 2 grid runs finished" in page
 
 
-def test_cli_writes_the_report_where_asked(bench_store, tmp_path, monkeypatch, capsys):
+def test_cli_writes_the_report_where_asked(run_medvtab, bench_store, tmp_path):
     out = tmp_path / "site" / "results.html"
-    code, stdout, _ = cli(monkeypatch, capsys, "report", bench_store, "--out", out, "--no-attention")
+    code, stdout, _ = run_medvtab("report", bench_store, "--out", out, "--no-attention")
     assert code == 0
     written = json.loads(stdout)
     assert written["html"] == str(out) and written["markdown"] == str(out.with_suffix(".md"))

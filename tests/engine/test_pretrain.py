@@ -26,16 +26,6 @@ from medvtab.errors import MedvtabError
 DATA = Path(os.environ.get("MEDVTAB_DATA", "/work/shared/data"))
 
 
-def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    from medvtab.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["medvtab", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    out, err = capsys.readouterr()
-    return exit_.value.code or 0, out, err
-
-
 @pytest.fixture(scope="module")
 def pbc_subset(tmp_path_factory) -> Path:
     """320 train and 160 test images drawn at random from the real pbc_28 (all 8 classes), plus one test image
@@ -120,14 +110,14 @@ def test_a_file_with_extra_keys_is_refused(pretrained, tmp_path):
         load_backbone(f"tiny-medical@{tmp_path / 'extra.safetensors'}")
 
 
-def test_pretrain_never_overwrites(pretrained, pbc_subset, monkeypatch, capsys):
-    code, _, err = run_cli(monkeypatch, capsys, "pretrain", "--data", pbc_subset, "--out", pretrained["out"],
-                           "--variant", "tiny-medical", "--epochs", "1")
+def test_pretrain_never_overwrites(run_medvtab, pretrained, pbc_subset):
+    code, _, err = run_medvtab("pretrain", "--data", pbc_subset, "--out", pretrained["out"],
+                               "--variant", "tiny-medical", "--epochs", "1")
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and "exists" in err
 
 
 @pytest.mark.parametrize("case", ["missing", "no_train_images", "not_npz", "bad_variant", "bad_suffix", "grey_float"])
-def test_bad_input_exits_2_with_one_line(case, tmp_path, monkeypatch, capsys):
+def test_bad_input_exits_2_with_one_line(run_medvtab, case, tmp_path):
     data = tmp_path / "task.npz"
     out = tmp_path / "expert.safetensors"
     variant = "tiny-medical"
@@ -144,7 +134,7 @@ def test_bad_input_exits_2_with_one_line(case, tmp_path, monkeypatch, capsys):
         variant = "tiny-huge"
     elif case == "bad_suffix":
         out = tmp_path / "expert.pth"
-    code, stdout, err = run_cli(monkeypatch, capsys, "pretrain", "--data", data, "--out", out, "--variant", variant)
+    code, stdout, err = run_medvtab("pretrain", "--data", data, "--out", out, "--variant", variant)
     assert code == 2, (stdout, err)
     assert err.count("\n") == 1 and err.startswith("error: ") and expect in err, err
     assert not out.exists() and not out.with_suffix(".json").exists()

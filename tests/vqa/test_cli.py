@@ -1,14 +1,12 @@
 """``medvtab vqa``: the stages and the evaluation from the command line, the pipeline from a config file, user
 errors as one line with exit status 2, and (slow) the full ``pipeline --quick`` against its acceptance bar."""
 import json
-import sys
 import time
 
 import pytest
 import torch
 import yaml
 
-from medvtab.cli import main
 
 SMALL = ["--num-queries", "4", "--epochs", "1", "--limit", "12"]
 
@@ -16,28 +14,19 @@ SMALL = ["--num-queries", "4", "--epochs", "1", "--limit", "12"]
 pytestmark = pytest.mark.usefixtures("shared_vqa_data")
 
 
-def medvtab(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """Run ``medvtab ARGS`` in this process through the real entry point: (exit status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["medvtab", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code or 0, out, err
-
-
-def test_stages_then_eval(monkeypatch, capsys, tmp_path):
-    code, out, err = medvtab(monkeypatch, capsys, "vqa", "train", "--stage", "caption", "--data", "medpix",
-                             "--out", tmp_path / "caption", "--vocab-data", "slake", "--vocab-data", "vqa-rad",
-                             *SMALL)
+def test_stages_then_eval(run_medvtab, tmp_path):
+    code, out, err = run_medvtab("vqa", "train", "--stage", "caption", "--data", "medpix",
+                                 "--out", tmp_path / "caption", "--vocab-data", "slake", "--vocab-data", "vqa-rad",
+                                 *SMALL)
     assert code == 0, err
     assert json.loads(out)["stage"] == "caption"
     for stage, data, init in (("vqa", "slake", "caption"), ("finetune", "vqa-rad", "vqa")):
-        code, out, err = medvtab(monkeypatch, capsys, "vqa", "train", "--stage", stage, "--data", data,
-                                 "--init", tmp_path / init, "--out", tmp_path / stage, *SMALL)
+        code, out, err = run_medvtab("vqa", "train", "--stage", stage, "--data", data,
+                                     "--init", tmp_path / init, "--out", tmp_path / stage, *SMALL)
         assert code == 0, err
         assert json.loads(out)["init"] == str((tmp_path / init).resolve())
-    code, out, err = medvtab(monkeypatch, capsys, "vqa", "eval", "--run", tmp_path / "finetune", "--data",
-                             "vqa-rad", "--split", "test", "--free", "--limit", "16")
+    code, out, err = run_medvtab("vqa", "eval", "--run", tmp_path / "finetune", "--data",
+                                 "vqa-rad", "--split", "test", "--free", "--limit", "16")
     assert code == 0, err
     assert out.startswith("vqa-rad test closed/open/overall: model ") and "majority" in out and "image-blind" in out
     metrics = json.loads((tmp_path / "finetune" / "metrics.json").read_text())
@@ -45,13 +34,13 @@ def test_stages_then_eval(monkeypatch, capsys, tmp_path):
     assert len((tmp_path / "finetune" / "answers.jsonl").read_text().splitlines()) == 16
 
 
-def test_pipeline_from_a_config_file(monkeypatch, capsys, tmp_path):
+def test_pipeline_from_a_config_file(run_medvtab, tmp_path):
     config = tmp_path / "small.yaml"
     config.write_text(yaml.safe_dump({
         "options": {"num_queries": 4, "qformer_hidden": 32, "qformer_layers": 1, "qformer_heads": 2, "limit": 12},
         "caption": {"data": "medpix", "epochs": 1}, "vqa": {"data": "slake", "epochs": 1},
         "finetune": {"data": "vqa-rad", "epochs": 1}}))
-    code, out, err = medvtab(monkeypatch, capsys, "vqa", "pipeline", "--config", config, "--out", tmp_path / "p")
+    code, out, err = run_medvtab("vqa", "pipeline", "--config", config, "--out", tmp_path / "p")
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["caption", "finetune", "vqa"]
     metrics = json.loads((tmp_path / "p" / "finetune" / "metrics.json").read_text())
@@ -60,10 +49,10 @@ def test_pipeline_from_a_config_file(monkeypatch, capsys, tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
-def test_cuda_without_a_gpu_is_one_line(monkeypatch, capsys, tmp_path):
+def test_cuda_without_a_gpu_is_one_line(run_medvtab, tmp_path):
     for args in (["train", "--stage", "vqa", "--data", "vqa-rad", "--out", tmp_path / "x"],
                  ["eval", "--run", tmp_path / "x"]):
-        code, out, err = medvtab(monkeypatch, capsys, "vqa", *args, "--device", "cuda")
+        code, out, err = run_medvtab("vqa", *args, "--device", "cuda")
         assert code == 2 and err == "error: option '--device': cuda requested but no CUDA device is available\n"
     assert not (tmp_path / "x").exists()
 
@@ -86,22 +75,22 @@ def test_cuda_without_a_gpu_is_one_line(monkeypatch, capsys, tmp_path):
     (["vqa", "pipeline", "--config", "{tmp}/extra.yaml", "--out", "{tmp}/p"], "colour: Extra inputs"),
     (["vqa", "pipeline", "--out", "{tmp}/full"], "output directory exists"),
 ])
-def test_user_errors_are_one_line_with_status_2(monkeypatch, capsys, tmp_path, args, message):
+def test_user_errors_are_one_line_with_status_2(run_medvtab, tmp_path, args, message):
     (tmp_path / "bad.yaml").write_text("caption: {data: medpix, epochs: 0}\n")
     (tmp_path / "extra.yaml").write_text("colour: blue\n")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "f").write_text("")
-    code, out, err = medvtab(monkeypatch, capsys, *[a.replace("{tmp}", str(tmp_path)) for a in args])
+    code, out, err = run_medvtab(*[a.replace("{tmp}", str(tmp_path)) for a in args])
     assert code == 2 and out == ""
     assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "x").exists() and not (tmp_path / "p").exists()
 
 
 @pytest.mark.slow
-def test_quick_pipeline_beats_the_majority_on_closed_questions(monkeypatch, capsys, tmp_path):
+def test_quick_pipeline_beats_the_majority_on_closed_questions(run_medvtab, tmp_path):
     """Acceptance: the whole quick pipeline in under 10 minutes, fused closed accuracy above the majority's."""
     start = time.perf_counter()
-    code, out, err = medvtab(monkeypatch, capsys, "vqa", "pipeline", "--quick", "--out", tmp_path / "quick")
+    code, out, err = run_medvtab("vqa", "pipeline", "--quick", "--out", tmp_path / "quick")
     seconds = time.perf_counter() - start
     assert code == 0, err
     metrics = json.loads((tmp_path / "quick" / "finetune" / "metrics.json").read_text())

@@ -358,19 +358,15 @@ class DynaMerLayer(nn.Module):
         if self.training:
             self._balance.append((logits, weights))
         gate = parts.gate_values(x) if parts.gate is not None else None
+        router_weight = router_weight.unsqueeze(-1) if router_weight is not None else None
         # The change is linear in the expert weights, so per-token factors fold into them (a (tokens x n) product
         # instead of one over (tokens x width)): the skipping router's weight, and a one-value-per-token gate.
         # Not past a projection's bias.
-        scale = None
-        if parts.project is None:
-            if router_weight is not None:
-                scale, router_weight = router_weight.unsqueeze(-1), None
-            if gate is not None and gate.shape[-1] == 1:
-                scale, gate_left = (gate if scale is None else scale * gate), None
-            else:
-                gate_left = gate
-        else:
-            gate_left = gate
+        foldable = parts.project is None
+        gate_folds = foldable and gate is not None and gate.shape[-1] == 1
+        scale = router_weight if foldable else None
+        if gate_folds:
+            scale = gate if scale is None else scale * gate
         if impl == "dense":
             w = weights if scale is None else weights * scale
             delta = self.experts.mix_folded(hidden if hidden is not None else self.experts.hidden(pair), w)
@@ -379,10 +375,10 @@ class DynaMerLayer(nn.Module):
             delta = self.experts.gathered(pair, top_idx, w)
         if parts.project is not None:
             delta = parts.project(delta)
-        if gate_left is not None:
-            delta = parts.apply_gate(gate_left, delta)  # eq. 3
-        if router_weight is not None:
-            delta = delta * router_weight.unsqueeze(-1)
+        if gate is not None and not gate_folds:
+            delta = parts.apply_gate(gate, delta)  # eq. 3
+        if router_weight is not None and not foldable:
+            delta = delta * router_weight
         if self.record_stats and not self.training:
             self._record(s, weights, gate, x.shape[1] / merged_len)
         return delta
@@ -399,15 +395,14 @@ class DynaMerLayer(nn.Module):
         outs: list[tuple | None] = [None, None]
         keeps = [None, None]
         shared = pair_all = None
-        # The experts' hidden activations once for every token pair, serving both streams, where that is no more
-        # rows than each stream's own (keep ratio 1; with skipping, kept rows of both streams >= all rows).
-        streams_in = [s for s in (0, 1) if needed[s] == "all"]
-        rows_each = self.keep + (1 if self.merges_cls else 0) if skip else merged_len
-        if streams_in and len(streams_in) * rows_each >= merged_len and (not skip or len(streams_in) == 2):
-            pair_all = torch.cat(merged, dim=-1)
-            token_rows = pair_all.shape[0] * pair_all.shape[1]
-            if len(streams_in) == 2 and self.experts.choose(token_rows, xg.device, shared=True) == "dense":
-                shared = self.experts.hidden(pair_all)  # one pass serves both streams
+        if not skip and "all" in needed:
+            pair_all = torch.cat(merged, dim=-1)  # each stream's own pass reads it where nothing is shared
+        # The experts' hidden activations once for all token pairs, serving both streams, where that is no more
+        # rows than their own passes: keep ratio 1, or with skipping when both streams' kept rows >= all rows.
+        share = needed == ("all", "all") and (not skip or 2 * (self.keep + int(self.merges_cls)) >= merged_len)
+        if share and self.experts.choose(xg.shape[0] * merged_len, xg.device, shared=True) == "dense":
+            pair_all = torch.cat(merged, dim=-1) if pair_all is None else pair_all
+            shared = self.experts.hidden(pair_all)
         for s in (0, 1):
             if needed[s] == "none":  # nothing of this stream's output is read
                 continue
