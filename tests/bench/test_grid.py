@@ -72,7 +72,7 @@ def test_ablation_groups_share_the_default_run():
     specs = expand_grid(mini_ablations())
     assert [g for g in GROUP_ORDER if g.startswith("ablation")] == list(dict.fromkeys(s.group for s in specs))
     assert Counter(s.group for s in specs) == {"ablation-gates": 4, "ablation-gate-dim": 4, "ablation-layers": 4,
-                                               "ablation-keep-ratio": 8}
+                                               "ablation-keep-ratio": 12}
     default = [s for s in specs if s.options == {}]  # the defaults are normalised away
     assert {s.group for s in default} == {"ablation-gates", "ablation-gate-dim", "ablation-layers",
                                           "ablation-keep-ratio"}
@@ -80,7 +80,7 @@ def test_ablation_groups_share_the_default_run():
     assert len(unique_runs(specs)) == len(specs) - 3
     keep = [s for s in specs if s.group == "ablation-keep-ratio"]
     assert {(s.options.get("keep_ratio", 1.0), s.options.get("skip_mode", "adapter")) for s in keep} == {
-        (r, m) for r in (1.0, 0.5, 0.3, 0.1) for m in ("adapter", "block")}
+        (r, m) for r in (1.0, 0.5, 0.3, 0.1) for m in ("adapter", "block", "every-block")}
     # and it is the main table's DynaMer run on the same task (the budgets agree)
     main = {s.run_id() for s in expand_grid(mini(), methods=["dynamer"]) if s.group == "main"}
     assert default[0].run_id() in main
@@ -152,7 +152,7 @@ def test_groups_inherit_and_merge_top_level_fields():
      "field 'protocols': option '--seen': only with --protocol patient-ood"),
     ("tasks: [breastmnist]\nprotocols: [{name: loo}]\n", "unknown protocol 'loo'; choose from standard, vtab1k"),
     ("tasks: [breastmnist]\nmethods: [dynamer]\nsweep: {skip_mode: [adapter, blocks]}\n",
-     "method 'dynamer' option 'skip_mode': Input should be 'adapter' or 'block'"),
+     "method 'dynamer' option 'skip_mode': Input should be 'adapter', 'block' or 'every-block'"),
     ("tasks: [breastmnist]\noptions: {dynamer: {keep_ratio: 2}}\n", "option 'keep_ratio'"),
     ("tasks: [breastmnist]\ntrain: {epochs: 0}\n", "field 'train.epochs': Input should be greater than or equal"),
     ("tasks: [breastmnist]\ntrain: {epoch: 3}\n", "unknown key 'train.epoch'; expected any of: epochs"),
@@ -197,10 +197,10 @@ def test_bad_bench_options_stop_with_one_line(tmp_path, capsys, monkeypatch, arg
 def test_dry_run_prints_groups_and_writes_nothing(tmp_path, capsys):
     code, out, err = cli(capsys, "bench", "--suite", "mini-ablations", "--out", tmp_path / "out", "--dry-run")
     assert code == 0, err
-    assert "17 runs, 20 specs" in out
+    assert "21 runs, 24 specs" in out
     for group in ("ablation-gates", "ablation-gate-dim", "ablation-layers", "ablation-keep-ratio"):
         assert group in out
-    assert out.count("pending") == 17 + 1  # one line per run, plus the column
+    assert out.count("pending") == 21 + 1  # one line per run, plus the column
     assert "keep_ratio=0.1 skip_mode=block" in out
     assert not (tmp_path / "out").exists()
 
@@ -208,7 +208,7 @@ def test_dry_run_prints_groups_and_writes_nothing(tmp_path, capsys):
 def test_two_suites_into_one_store_share_runs(tmp_path, capsys):
     code, out, err = cli(capsys, "bench", "--suite", "mini,mini-ablations", "--out", tmp_path / "out", "--dry-run")
     assert code == 0, err
-    assert "(85 runs, 89 specs)" in out  # 69 + 20 specs; the ablations share 3 + 1 (the main table's DynaMer run)
+    assert "(89 runs, 93 specs)" in out  # 69 + 24 specs; the ablations share 3 + 1 (the main table's DynaMer run)
     assert "[main, ablation-gates, ablation-gate-dim, ablation-layers, ablation-keep-ratio]" in out
 
 

@@ -61,32 +61,65 @@ def test_open_gates_change_the_outputs(pair, images):
 @pytest.mark.parametrize("keep_ratio", [0.1, 0.3, 0.5, 1.0])
 def test_exactly_ceil_rho_n_tokens_reach_the_adapter(pair, images, keep_ratio):
     model = dynamer(pair, keep_ratio=keep_ratio)
+    n = 49  # tiny backbones: 7x7 patches, plus a CLS in both streams, which always goes through
+    expected = math.ceil(keep_ratio * n) + 1
     routed, down = [], []
     hooks = [parts.router.register_forward_hook(lambda m, i, o: routed.append(i[0].shape))
              for layer in layers(model) for parts in layer.streams]
     hooks += [layer.experts.down.register_forward_hook(lambda m, i, o: down.append(i[0].shape[1]))
               for layer in layers(model)]
+    model.set_fast(False)  # the reference calls the router modules (the fast path reads their weights)
+    model(images)
+    assert routed == [(4, expected, 96)] * 8  # per stream and layer: the kept tokens, no others
+    assert down == ([n + 1] * 4 if keep_ratio == 1 else [expected] * 8)
+    down.clear()
+    model.set_fast(True)
     model(images)
     for h in hooks:
         h.remove()
-    n = 49  # tiny backbones: 7x7 patches, plus a CLS in both streams, which always goes through
-    expected = math.ceil(keep_ratio * n) + 1
-    assert routed == [(4, expected, 96)] * 8  # per stream and layer: the kept tokens, no others
     # The experts' hidden activations: one shared pass over all token pairs where both streams' kept rows are at
     # least as many (keep ratio 0.5 and 1), else one pass per stream over its kept rows.
     assert down == ([n + 1] * 4 if 2 * expected >= n + 1 else [expected] * 8)
 
 
-def test_block_skip_mode_hands_kept_indices_to_the_next_block(pair, images):
-    model = dynamer(pair, keep_ratio=0.3, skip_mode="block")
+@pytest.mark.parametrize("skip_mode", ["adapter", "block", "every-block"])
+def test_each_skip_mode_runs_the_blocks_on_its_tokens(pair, images, skip_mode):
+    """``adapter``: every block sees every token. ``block``: the tokens a layer's adapter took go through the
+    next block; the first block sees every token. ``every-block``: each layer's skipping router picks, from its
+    block's input, the tokens for the block and the adapter, the first block included."""
+    model = dynamer(pair, keep_ratio=0.3, skip_mode=skip_mode).eval()
+    kept = 1 + math.ceil(0.3 * 49)
+    expected = {"adapter": [50] * 4, "block": [50] + [kept] * 3, "every-block": [kept] * 4}[skip_mode]
+    seen = {}
+
+    def record(key):
+        def hook(module, args):
+            seen[key] = args[0].shape[1]
+        return hook
+
+    hooks = [blk.register_forward_pre_hook(record((s, i)))
+             for s, backbone in enumerate(pair) for i, blk in enumerate(backbone.model.blocks)]
+    try:
+        for fast in (True, False):
+            seen.clear()
+            model.set_fast(fast)
+            with torch.no_grad():
+                model(images)
+            assert seen == {(s, i): expected[i] for s in (0, 1) for i in range(4)}
+    finally:
+        for h in hooks:
+            h.remove()
     layer = layers(model)[0]
     xg = pair[0].embed(pair[0].preprocess(images))
     xm = pair[1].embed(pair[1].preprocess(images))
-    _, _, keep_g, keep_m = layer(xg, xm)
-    assert keep_g.shape == keep_m.shape == (4, math.ceil(0.3 * 49))
-    assert (keep_g.diff(dim=1) > 0).all()  # sorted, distinct grid indices
-    adapter_mode = layers(dynamer(pair, keep_ratio=0.3))[0]
-    assert adapter_mode(xg, xm)[2] is None
+    assert layer.routes_own_block == (skip_mode == "every-block")
+    picks = layer.pick(xg, xm) if skip_mode == "every-block" else layer(xg, xm)[2]
+    if skip_mode == "adapter":
+        assert picks is None
+    else:
+        keep_g, keep_m = picks.keep
+        assert keep_g.shape == keep_m.shape == (4, math.ceil(0.3 * 49))
+        assert (keep_g.diff(dim=1) > 0).all()  # sorted, distinct grid indices
 
 
 def test_block_skip_leaves_skipped_tokens_untouched_by_the_block(pair, images):
@@ -99,7 +132,7 @@ def test_block_skip_leaves_skipped_tokens_untouched_by_the_block(pair, images):
     assert not torch.allclose(out[:, 1:][:, [0, 5, 9]], tokens[:, 1:][:, [0, 5, 9]])
 
 
-@pytest.mark.parametrize("skip_mode", ["adapter", "block"])
+@pytest.mark.parametrize("skip_mode", ["adapter", "block", "every-block"])
 def test_routers_get_gradients(pair, images, skip_mode):
     model = dynamer(pair, keep_ratio=0.5, skip_mode=skip_mode).train()
     labels = torch.tensor([0, 1, 2, 0])

@@ -196,10 +196,10 @@ def test_each_stream_depends_on_the_other(pair, batch, name):
     xg, xm = streams(pair, batch[0])
     noise = torch.randn(xg.shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        g, m, keep_g, keep_m = layer(xg, xm)
-        assert keep_g is None and keep_m is None
-        g_after_med_change, m_same, _, _ = layer(xg, xm + noise)
-        g_same, m_after_gen_change, _, _ = layer(xg + noise, xm)
+        g, m, picks = layer(xg, xm)
+        assert picks is None  # every token goes through the next block
+        g_after_med_change, m_same, _ = layer(xg, xm + noise)
+        g_same, m_after_gen_change, _ = layer(xg + noise, xm)
     assert not torch.allclose(g, g_after_med_change, atol=1e-4)
     assert not torch.allclose(m, m_after_gen_change, atol=1e-4)
     # the tiny pair both have a CLS: it merges, so it is adapted too
@@ -213,7 +213,7 @@ def test_moe_output_replaces_tokens_with_the_adapters_output(pair, batch):
     layer = model.layers()[0]
     xg, xm = streams(pair, batch[0])
     with torch.no_grad():
-        g, m, _, _ = layer(xg, xm)
+        g, m, _ = layer(xg, xm)
         pair_tokens = torch.cat([xg, xm], dim=-1)
         torch.testing.assert_close(g, xg + layer.adapters[0](pair_tokens))
         torch.testing.assert_close(m, xm + layer.adapters[1](pair_tokens))
@@ -226,7 +226,7 @@ def test_gmoe_gates_weigh_the_two_experts_per_stream(pair, batch):
     layer = model.layers()[0]
     xg, xm = streams(pair, batch[0])
     with torch.no_grad():
-        g, m, _, _ = layer(xg, xm)
+        g, m, _ = layer(xg, xm)
         experts = [layer.experts[0](xg), layer.experts[1](xm)]
         for s, (x, out) in enumerate(((xg, g), (xm, m))):
             alpha = layer.gate_weights(s, x)
@@ -327,7 +327,7 @@ def test_forward_and_backward_on_dinov2_and_lvmmed(vitb_pair, name):
         assert layer.starts == [1, 0]  # DINOv2's CLS stays in its stream, patch tokens merge
         xg, xm = streams(vitb_pair, images)
         with torch.no_grad():
-            g, m, _, _ = layer(xg, xm)
+            g, m, _ = layer(xg, xm)
         torch.testing.assert_close(g[:, 0], xg[:, 0], rtol=0, atol=0)  # the unmerged CLS passes untouched
         assert g.shape == xg.shape and m.shape == xm.shape
     else:

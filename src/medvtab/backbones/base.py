@@ -144,21 +144,14 @@ class Backbone(nn.Module):
         return torch.cat([prefix, keep + p], dim=1)
 
     def run_block(self, i: int, tokens: torch.Tensor, keep: torch.Tensor | None = None,
-                  subset: torch.Tensor | None = None, inplace: bool = False) -> torch.Tensor:
+                  inplace: bool = False) -> torch.Tensor:
         """Block ``i`` on all tokens, or only on the prefix plus the patch tokens at ``keep`` (B, K):
-        the others pass through unchanged (block skipping).
-
-        ``subset``: the block's input rows ``(B, P + K)`` (prefix, then the kept tokens) when the caller already
-        holds them (a DynaMer layer hands over the tokens it adapted, so they are not scattered and gathered
-        again); ``tokens`` then only supplies the skipped rows. ``inplace``: write the result into ``tokens``
-        (the caller owns it and autograd is off). Either way the values are those of the plain path: one gather,
-        the block, one scatter."""
+        the others pass through unchanged (block skipping). ``inplace``: write the kept rows' results into
+        ``tokens`` itself (the caller owns it and autograd is off); the values are those of the plain path."""
         if keep is None:
             return self.block(i, tokens)
         rows = self.block_rows(keep)
-        if subset is None:
-            subset = gather_tokens(tokens, rows)
-        out = self.block(i, subset, keep)
+        out = self.block(i, gather_tokens(tokens, rows), keep)
         return put_tokens(tokens, rows, out, inplace)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

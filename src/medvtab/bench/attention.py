@@ -8,7 +8,8 @@ included) up to the input of the last block; there the attention probabilities a
 * a stream with a CLS token: the CLS query's attention over the patch tokens, averaged over heads;
 * a stream without one (LVM-Med/SAM): the attention each patch receives, averaged over queries and heads.
 
-With ``skip_mode="block"`` the last block runs on the kept tokens only; the others get no attention (NaN).
+With ``skip_mode`` ``"block"`` or ``"every-block"`` the last block runs on the kept tokens only; the others get no
+attention (NaN).
 """
 from __future__ import annotations
 
@@ -122,17 +123,13 @@ def last_block_maps(model, images: torch.Tensor) -> tuple[dict[str, torch.Tensor
     if runner is None or not hasattr(runner, "hooks"):
         raise MedvtabError("attention maps: the model is not a dual-stream (DynaMer-style) model")
     g, m = runner.general, runner.medical
-    xg, xm = g.embed(g.preprocess(images)), m.embed(m.preprocess(images))
-    keep_g = keep_m = None
+    xg, xm = runner.embed(images)
+    picks = None
     last = runner.depth - 1
     for i in range(last):
-        xg = g.run_block(i, xg, keep_g)
-        xm = m.run_block(i, xm, keep_m)
-        hook = runner.hooks[str(i)] if str(i) in runner.hooks else None
-        if hook is None:
-            keep_g = keep_m = None
-        else:
-            xg, xm, keep_g, keep_m = hook(xg, xm)
+        xg, xm, picks = runner.step(i, xg, xm, picks)
+    picks = runner.block_picks(last, xg, xm, picks)
+    keep_g, keep_m = picks.keep if picks is not None else (None, None)
     maps, kinds = {}, {}
     for name, backbone, tokens, keep in (("general", g, xg, keep_g), ("medical", m, xm, keep_m)):
         probs, _ = attention_probs(backbone, last, tokens, keep)

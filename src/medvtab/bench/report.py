@@ -833,7 +833,7 @@ def ablation_section(bench: Bench, group: str) -> Section:
     variants = _ordered(variant(r) for r in runs)
     widths, depth = _backbone_field(runs, "width"), (_backbone_field(runs, "depth") or [None])[0]
     gate_rank = {"none": 0, "general": 1, "medical": 2, "both": 3}
-    mode_rank = {"adapter": 0, "block": 1}
+    mode_rank = {"adapter": 0, "block": 1, "every-block": 2}
 
     def display(v: tuple) -> list[str]:
         if group == GATES:
@@ -891,7 +891,8 @@ def ablation_section(bench: Bench, group: str) -> Section:
         notes.append(f"Inference time: mean ms per evaluation batch of {' / '.join(batch) or '?'} images during each "
                      f"run's test evaluation, over all runs of the row (± across runs); speed-up against the 100 % "
                      f"row of the same skip mode. 'adapter' skips only the adapter (the paper's eq. 4); 'block' "
-                     f"also lets skipped tokens bypass the next block. Timings from one machine under varying load "
+                     f"also lets skipped tokens bypass the next block; 'every-block' routes every block, the "
+                     f"first included, from the block's input. Timings from one machine under varying load "
                      f"(see the header) are noisy; compare rows of one bench run only.")
     elif group == GATE_DIM and widths:
         notes.append(f"Gate dimension: gate values per token (width {widths[0]} / {widths[1]}); 0 = no gate.")

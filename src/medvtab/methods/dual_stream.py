@@ -1,21 +1,31 @@
 """Two frozen backbones run block by block in lockstep; after block ``l`` a per-layer hook sees both streams.
 
-The hook returns the tokens that go on to block ``l + 1`` and, for block skipping, the patch indices of each
-stream that block ``l + 1`` should process (the others bypass it).
+A hook returns the tokens that go on to block ``l + 1`` and, where it routes that block (DynaMer's ``skip_mode:
+block``), the patch tokens of each stream block ``l + 1`` runs on (:class:`Picks`; the others bypass it); else
+None. A hook that routes its own block (``routes_own_block``, DynaMer's ``skip_mode: every-block``) chooses them,
+from the block's input, before the block (``pick``: the first block is routed too, as in Mixture-of-Depths).
+Either way the hook gets the choice back with the block's output (``picks``).
 
-Hooks that set ``fast_protocol`` (DynaMer's layers) are called as ``hook(xg, xm, carry=..., needed=...)`` and
-return two more values: per stream the rows block ``l + 1`` will run on (prefix, then the kept tokens), already
-adapted, so the runner hands them to the block instead of scattering them into the stream and gathering them
-again (``carry``; the stream tensor is then stale at exactly those rows, which the block overwrites), and, after
-the last block, only what the summaries read (``needed``, see :meth:`DualStreamRunner.final_needed`). Results
-are those of the plain protocol; ``fast = False`` runs the plain one (the reference the tests compare with).
+Hooks that set ``fast_protocol`` (DynaMer's layers) also take two hints: ``inplace`` (the runner owns the stream
+tensors and autograd is off, so they may be written in place) and, after the last block, ``needed`` (only what
+the summaries read, see :meth:`DualStreamRunner.final_needed`). Results are those of the plain protocol;
+``fast = False`` runs the plain one (the reference the tests compare with).
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from medvtab.backbones import Backbone, check_alignment
+
+
+class Picks(NamedTuple):
+    """A routing hook's choice for its block: per stream the patch indices ``(B, K)`` the block runs on, and the
+    hook's own record of the choice (handed back to it after the block)."""
+    keep: tuple[torch.Tensor, torch.Tensor]
+    state: object = None
 
 
 class DualStreamRunner(nn.Module):
@@ -40,28 +50,47 @@ class DualStreamRunner(nn.Module):
                 out.append("cls" if self.merges_cls else "none")
         return out[0], out[1]
 
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g, m = self.general, self.medical
+        return g.embed(g.preprocess(images)), m.embed(m.preprocess(images))
+
+    def hook(self, i: int) -> nn.Module | None:
+        return self.hooks[str(i)] if str(i) in self.hooks else None
+
+    def block_picks(self, i: int, xg: torch.Tensor, xm: torch.Tensor, handed_on: Picks | None) -> Picks | None:
+        """The tokens block ``i`` runs on: those its own hook picks now, else those the previous hook handed on
+        (None: all of them)."""
+        hook = self.hook(i)
+        return hook.pick(xg, xm) if getattr(hook, "routes_own_block", False) else handed_on
+
+    def step(self, i: int, xg: torch.Tensor, xm: torch.Tensor, picks: Picks | None = None,
+             needed: tuple[str, str] | None = None):
+        """Block ``i`` on both streams (on ``picks``, the choice the previous hook made, or the one this block's
+        hook makes now), then its hook -> ``(xg, xm, picks for block i + 1)``."""
+        hook = self.hook(i)
+        picks = self.block_picks(i, xg, xm, picks)
+        keep_g, keep_m = picks.keep if picks is not None else (None, None)
+        # After embedding, the runner owns every stream tensor: without autograd, subsets are written in place.
+        inplace = self.fast and not torch.is_grad_enabled()
+        xg = self.general.run_block(i, xg, keep_g, inplace)
+        xm = self.medical.run_block(i, xm, keep_m, inplace)
+        if hook is None:
+            return xg, xm, None
+        hints = {"needed": needed, "inplace": inplace} if self.fast and getattr(hook, "fast_protocol", False) else {}
+        if picks is not None:
+            hints["picks"] = picks
+        return hook(xg, xm, **hints)
+
     def forward(self, images: torch.Tensor, summaries_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images -> the final tokens of both streams. ``summaries_only``: the caller reads nothing but the
         streams' summaries, so a fast hook after the last block may skip tokens no summary reads (evaluation only:
         training keeps everything the auxiliary losses see)."""
-        g, m = self.general, self.medical
-        xg, xm = g.embed(g.preprocess(images)), m.embed(m.preprocess(images))
-        keep_g = keep_m = sub_g = sub_m = None
-        fast = self.fast
-        inplace = fast and not torch.is_grad_enabled()  # the runner owns every stream tensor after block 0
+        xg, xm = self.embed(images)
+        picks = None
         last = self.depth - 1
         for i in range(self.depth):
-            xg = g.run_block(i, xg, keep_g, sub_g, inplace)
-            xm = m.run_block(i, xm, keep_m, sub_m, inplace)
-            hook = self.hooks[str(i)] if str(i) in self.hooks else None
-            if hook is None:
-                keep_g = keep_m = sub_g = sub_m = None
-            elif fast and getattr(hook, "fast_protocol", False):
-                needed = self.final_needed() if summaries_only and i == last else None
-                xg, xm, keep_g, keep_m, sub_g, sub_m = hook(xg, xm, carry=i < last, needed=needed)
-            else:
-                xg, xm, keep_g, keep_m = hook(xg, xm)
-                sub_g = sub_m = None
+            needed = self.final_needed() if summaries_only and i == last else None
+            xg, xm, picks = self.step(i, xg, xm, picks, needed)
         return xg, xm
 
     def merge_start(self, backbone: Backbone) -> int:

@@ -200,7 +200,7 @@ class MoEAdapterLayer(nn.Module):
         pair = torch.cat([mg, mm], dim=-1)
         new_g = mg + self.adapters[0](pair)  # residual form of Adapter_gen([x_gen; x_med])
         new_m = mm + self.adapters[1](pair)
-        return _join(pg, new_g), _join(pm, new_m), None, None
+        return _join(pg, new_g), _join(pm, new_m), None  # every token goes through the next block
 
 
 # --- GMoE-Adapter -----------------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ class GMoEAdapterLayer(nn.Module):
                 with torch.no_grad():
                     self.stats[s, :2] += alpha.mean(dim=1).sum(dim=0)
                     self.stats[s, 2] += x.shape[0]
-        return _join(pg, new[0]), _join(pm, new[1]), None, None
+        return _join(pg, new[0]), _join(pm, new[1]), None
 
     def summary(self) -> dict:
         out = {}

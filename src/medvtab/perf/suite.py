@@ -40,7 +40,7 @@ from medvtab.errors import MedvtabError
 from medvtab.perf.timing import interleaved, summary
 
 KEEP_RATIOS = (1.0, 0.5, 0.3, 0.1)
-SKIP_MODES = ("adapter", "block")
+SKIP_MODES = ("adapter", "block", "every-block")
 NUM_CLASSES = 2
 
 # Dense bf16 tensor-core peak (TFLOP/s, without sparsity) by device-name fragment, from the vendors' data sheets.
@@ -335,7 +335,11 @@ class AdapterClock:
 
 
 def _case(mode: str, r: float) -> str:
-    return "keep:1.0" if r == 1.0 else f"{mode}:{r}"  # at keep ratio 1 both modes run the same computation
+    return "keep:1.0" if r == 1.0 else f"{mode}:{r}"  # at keep ratio 1 every mode runs the same computation
+
+
+def _ratio_key(mode: str, r: float) -> str:
+    return f"{mode.replace('-', '_')}_skip_speedup_{r}"
 
 
 def measure_skip(ctx: Context, flops: dict) -> dict:
@@ -690,16 +694,16 @@ def measure_vitb(ctx: Context) -> dict:
     sub = Context(ctx.cfg, ctx.device, g, m, max(g.input_size, m.input_size), Compiler(False), clock=ctx.clock)
     x = sub.images(batch)
     cases = {"both": _inference(lambda: (g(x), m(x)), ctx.device)}
-    for mode, r in (("adapter", 1.0), ("block", 0.5), ("block", 0.3)):
+    timed = [("adapter", 1.0)] + [(mode, r) for mode in ("block", "every-block") for r in (0.5, 0.3)]
+    for mode, r in timed:
         model = dynamer(sub, r, mode)
         cases[_case(mode, r)] = _inference(lambda model=model: model(x), ctx.device)
     t = sub.time(cases, ctx.cfg.vitb_rounds, settle=True)
     return {"what": "random-weight DINOv2 ViT-B/14 (196 px) + LVM-Med ViT-B (224 px) on this device: both frozen "
-                    "backbones vs DynaMer (keep ratio 1; block skipping at 0.5 and 0.3)",
+                    "backbones vs DynaMer (keep ratio 1; block and every-block skipping at 0.5 and 0.3)",
             "batch": batch, "seconds_per_batch": {k: t.summary(k) for k in cases},
             "dynamer_over_both": t.ratio("keep:1.0", "both"),
-            "block_skip_speedup_0.5": t.ratio("keep:1.0", "block:0.5"),
-            "block_skip_speedup_0.3": t.ratio("keep:1.0", "block:0.3")}
+            **{_ratio_key(mode, r): t.ratio("keep:1.0", _case(mode, r)) for mode, r in timed[1:]}}
 
 
 def vitb_flops(batch: int = 1) -> dict:
@@ -735,7 +739,7 @@ def vitb_flops(batch: int = 1) -> dict:
                 out[f"dynamer_{mode}_{r}"] = count(lambda: model(x))
     ratios = {"both_over_one": round(out["both_backbones"] / out["one_backbone"], 4),
               "dynamer_over_both": round(out["dynamer_adapter_1.0"] / out["both_backbones"], 4),
-              **{f"{mode}_skip_speedup_{r}": round(out[f"dynamer_{mode}_1.0"] / out[f"dynamer_{mode}_{r}"], 4)
+              **{_ratio_key(mode, r): round(out[f"dynamer_{mode}_1.0"] / out[f"dynamer_{mode}_{r}"], 4)
                  for mode in SKIP_MODES for r in KEEP_RATIOS if r < 1}}
     return {"what": "FLOPs per image of the DINOv2 ViT-B/14 + LVM-Med ViT-B pair (layouts only, meta tensors)",
             "per_image": out, "ratios": ratios}
@@ -756,7 +760,7 @@ def achieved(ctx: Context, per_image: dict, backbones: dict, skip: dict, train: 
     add("both backbones forward", per_image["both_backbones"], top["batch"], top["both_s"]["median"])
     table = skip["tables"][-1]
     for row in table["rows"]:
-        if row["keep_ratio"] in (1.0, 0.5) or row["skip_mode"] == "block":
+        if row["keep_ratio"] in (1.0, 0.5) or row["skip_mode"] != "adapter":
             add(f"dynamer forward {row['skip_mode']} keep {row['keep_ratio']}", row["flops_per_image"],
                 table["batch"], row["seconds_per_batch"]["median"])
     for row in train["rows"]:
@@ -879,19 +883,22 @@ def run_perf(cfg: PerfConfig, on_progress: Callable[[str], None] = lambda m: Non
     ratios = {
         "both_over_one": big[-1]["both_over_one"]["median"],
         "dynamer_over_both": row[("adapter", 1.0)]["over_both_backbones"]["median"],
-        **{f"{mode}_skip_speedup_{r}": row[(mode, r)]["speedup_vs_keep_1"]["median"]
-           for mode in ("block", "adapter") for r in KEEP_RATIOS if r < 1},
+        **{_ratio_key(mode, r): row[(mode, r)]["speedup_vs_keep_1"]["median"]
+           for mode in ("block", "adapter", "every-block") for r in KEEP_RATIOS if r < 1},
         "linear_epoch_speedup": linear["speedup"],
         "loading_over_training": loading["loading_over_training"],
     }
     if vitb_timed:
-        for key in ("dynamer_over_both", "block_skip_speedup_0.5", "block_skip_speedup_0.3"):
+        skipping = [_ratio_key(mode, r) for mode in ("block", "every-block") for r in (0.5, 0.3)]
+        for key in ("dynamer_over_both", *skipping):
             ratios[f"vitb_{key}"] = vitb_timed[key]["median"]
     train_row = next((r for r in train["rows"] if r["method"] == "dynamer" and "error" not in r), None)
     ratios["flops_both_over_one"] = round(flops["both_backbones"] / flops["one_backbone"], 4)
     ratios["flops_dynamer_over_both"] = round(flops["dynamer_adapter_1.0"] / flops["both_backbones"], 4)
-    for r in (0.5, 0.3, 0.1):
-        ratios[f"flops_block_skip_speedup_{r}"] = round(flops["dynamer_block_1.0"] / flops[f"dynamer_block_{r}"], 4)
+    for mode in ("block", "every-block"):
+        for r in (0.5, 0.3, 0.1):
+            key = _ratio_key(mode, r)
+            ratios[f"flops_{key}"] = round(flops[f"dynamer_{mode}_1.0"] / flops[f"dynamer_{mode}_{r}"], 4)
     on_gpu = device.type == "cuda"
     targets = [_target(f"both_over_one (batch {r['batch']})", r["both_over_one"]["median"], "both_over_one")
                for r in big]
