@@ -16,10 +16,11 @@ Per layer ``l`` and merged token pair ``(x_gen,i, x_med,i)`` (patch tokens; CLS 
   output, eq. 4): exactly ``ceil(rho * N)`` patch tokens per image go through the adapter, CLS always. The router
   learns as in Mixture-of-Depths: the adapter's change is scaled by ``sigmoid(||R_S(x)||)``.
   ``skip_mode="adapter"`` is the paper's equation: the router reads the layer's block output and picks the tokens
-  for the adapter. ``"block"``: the router reads the block's input and picks the tokens for the block and the
-  adapter after it, so skipped tokens bypass both, in every block from the first (Mixture-of-Depths' placement;
-  the only way skipping saves real time: the adapter is a few percent of the FLOPs, and the paper's Table 7
-  speed-ups, 9.7x at 10 % of the tokens, exceed what any scheme with an unrouted first block allows).
+  for the adapter. Skipping saves real time only where skipped tokens also bypass backbone blocks (the adapter is
+  a few percent of the FLOPs): ``"block"`` sends the tokens the adapter took through the next block too (the
+  first block sees every token); ``"every-block"`` has the router read the block's input and pick the tokens for
+  the block and the adapter after it, in every block from the first (Mixture-of-Depths' placement; the paper's
+  Table 7 speed-ups, 9.7x at 10 % of the tokens, exceed what any scheme with a full first block allows).
 * A Switch-style load-balancing loss (``balance_weight``) keeps experts from collapsing.
 
 Speed (results unchanged; ``DynaMerModel.set_fast(False)`` runs the plain reference, which the tests compare
