@@ -212,13 +212,32 @@ def test_fast_and_reference_logits_agree_on_vitb_layouts(vitb_pair, options):
     torch.testing.assert_close(logits(model, images, True, moe="gathered"), reference, **TOL)
 
 
-def test_run_block_in_place_equals_the_plain_one(pair):
+def test_block_mode_hands_the_adapted_rows_to_the_next_block(pair, images):
+    """With ``carry`` a ``block``-mode layer returns the next block's input rows instead of writing them into the
+    stream tensors: the same values the plain call writes there."""
+    from medvtab.backbones.base import gather_tokens
+
+    model = trained_dynamer(pair, keep_ratio=0.3, skip_mode="block").eval()
+    layer = model.runner.hooks["0"]
+    with torch.no_grad():
+        xg, xm = model.runner.embed(images)
+        plain_g, plain_m, plain = layer(xg, xm)
+        _, _, handed = layer(xg, xm, carry=True)
+    assert plain.rows == (None, None)
+    for backbone, tokens, keep, rows in zip(pair, (plain_g, plain_m), handed.keep, handed.rows):
+        assert rows.shape == (6, 1 + math.ceil(0.3 * 49), 96)
+        torch.testing.assert_close(rows, gather_tokens(tokens, backbone.block_rows(keep)), rtol=0, atol=0)
+
+
+def test_run_block_with_a_handed_over_subset_or_in_place_equals_the_plain_one(pair):
     general = pair[0]
     tokens = torch.randn(3, 50, 96, generator=torch.Generator().manual_seed(2))
     keep = torch.stack([torch.randperm(49, generator=torch.Generator().manual_seed(s))[:17].sort().values
                         for s in range(3)])
     with torch.no_grad():
         plain = general.run_block(1, tokens, keep)
+        subset = torch.cat([tokens[:, :1], tokens[:, 1:][torch.arange(3)[:, None], keep]], dim=1)
+        torch.testing.assert_close(general.run_block(1, tokens, keep, subset=subset), plain, rtol=0, atol=0)
         own = tokens.clone()
         out = general.run_block(1, own, keep, inplace=True)
         assert out.data_ptr() == own.data_ptr()

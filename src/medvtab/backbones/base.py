@@ -144,14 +144,16 @@ class Backbone(nn.Module):
         return torch.cat([prefix, keep + p], dim=1)
 
     def run_block(self, i: int, tokens: torch.Tensor, keep: torch.Tensor | None = None,
-                  inplace: bool = False) -> torch.Tensor:
+                  inplace: bool = False, subset: torch.Tensor | None = None) -> torch.Tensor:
         """Block ``i`` on all tokens, or only on the prefix plus the patch tokens at ``keep`` (B, K):
         the others pass through unchanged (block skipping). ``inplace``: write the kept rows' results into
-        ``tokens`` itself (the caller owns it and autograd is off); the values are those of the plain path."""
+        ``tokens`` itself (the caller owns it and autograd is off). ``subset``: the block's input rows ``(B, P +
+        K, D)`` (prefix, then the kept tokens) where the caller already holds them (``tokens`` then only supplies
+        the skipped rows). Either way the values are those of the plain path: one gather, the block, one scatter."""
         if keep is None:
             return self.block(i, tokens)
         rows = self.block_rows(keep)
-        out = self.block(i, gather_tokens(tokens, rows), keep)
+        out = self.block(i, gather_tokens(tokens, rows) if subset is None else subset, keep)
         return put_tokens(tokens, rows, out, inplace)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

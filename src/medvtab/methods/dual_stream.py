@@ -6,10 +6,13 @@ None. A hook that routes its own block (``routes_own_block``, DynaMer's ``skip_m
 from the block's input, before the block (``pick``: the first block is routed too, as in Mixture-of-Depths).
 Either way the hook gets the choice back with the block's output (``picks``).
 
-Hooks that set ``fast_protocol`` (DynaMer's layers) also take two hints: ``inplace`` (the runner owns the stream
-tensors and autograd is off, so they may be written in place) and, after the last block, ``needed`` (only what
-the summaries read, see :meth:`DualStreamRunner.final_needed`). Results are those of the plain protocol;
-``fast = False`` runs the plain one (the reference the tests compare with).
+Hooks that set ``fast_protocol`` (DynaMer's layers) also take three hints: ``inplace`` (the runner owns the
+stream tensors and autograd is off, so they may be written in place); ``carry`` (the runner runs the next block
+itself: a hook may hand over that block's input rows in :attr:`Picks.rows` instead of writing them into the stream
+tensor and having the block gather them again; the tensor is stale at those rows until the block's output lands);
+and, after the last block, ``needed`` (only what the summaries read, see :meth:`DualStreamRunner.final_needed`).
+Results are those of the plain protocol; ``fast = False`` runs the plain one (the reference the tests compare
+with).
 """
 from __future__ import annotations
 
@@ -22,10 +25,12 @@ from medvtab.backbones import Backbone, check_alignment
 
 
 class Picks(NamedTuple):
-    """A routing hook's choice for its block: per stream the patch indices ``(B, K)`` the block runs on, and the
-    hook's own record of the choice (handed back to it after the block)."""
+    """A routing hook's choice for its block: per stream the patch indices ``(B, K)`` the block runs on, the
+    hook's own record of the choice (handed back to it after the block), and the block's input rows ``(B, P + K,
+    D)`` where the hook hands them over (``carry``)."""
     keep: tuple[torch.Tensor, torch.Tensor]
     state: object = None
+    rows: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
 
 
 class DualStreamRunner(nn.Module):
@@ -64,19 +69,21 @@ class DualStreamRunner(nn.Module):
         return hook.pick(xg, xm) if getattr(hook, "routes_own_block", False) else handed_on
 
     def step(self, i: int, xg: torch.Tensor, xm: torch.Tensor, picks: Picks | None = None,
-             needed: tuple[str, str] | None = None):
+             needed: tuple[str, str] | None = None, carry: bool = False):
         """Block ``i`` on both streams (on ``picks``, the choice the previous hook made, or the one this block's
-        hook makes now), then its hook -> ``(xg, xm, picks for block i + 1)``."""
+        hook makes now), then its hook -> ``(xg, xm, picks for block i + 1)``. ``carry``: the caller runs block
+        ``i + 1`` with ``step`` (the hook may hand over its input rows)."""
         hook = self.hook(i)
         picks = self.block_picks(i, xg, xm, picks)
-        keep_g, keep_m = picks.keep if picks is not None else (None, None)
+        (keep_g, keep_m), (rows_g, rows_m) = (picks.keep, picks.rows) if picks is not None else ((None, None),) * 2
         # After embedding, the runner owns every stream tensor: without autograd, subsets are written in place.
         inplace = self.fast and not torch.is_grad_enabled()
-        xg = self.general.run_block(i, xg, keep_g, inplace)
-        xm = self.medical.run_block(i, xm, keep_m, inplace)
+        xg = self.general.run_block(i, xg, keep_g, inplace, subset=rows_g)
+        xm = self.medical.run_block(i, xm, keep_m, inplace, subset=rows_m)
         if hook is None:
             return xg, xm, None
-        hints = {"needed": needed, "inplace": inplace} if self.fast and getattr(hook, "fast_protocol", False) else {}
+        hints = ({"needed": needed, "inplace": inplace, "carry": carry}
+                 if self.fast and getattr(hook, "fast_protocol", False) else {})
         if picks is not None:
             hints["picks"] = picks
         return hook(xg, xm, **hints)
@@ -90,7 +97,7 @@ class DualStreamRunner(nn.Module):
         last = self.depth - 1
         for i in range(self.depth):
             needed = self.final_needed() if summaries_only and i == last else None
-            xg, xm, picks = self.step(i, xg, xm, picks, needed)
+            xg, xm, picks = self.step(i, xg, xm, picks, needed, carry=i < last)
         return xg, xm
 
     def merge_start(self, backbone: Backbone) -> int:

@@ -24,8 +24,9 @@ Per layer ``l`` and merged token pair ``(x_gen,i, x_med,i)`` (patch tokens; CLS 
 * A Switch-style load-balancing loss (``balance_weight``) keeps experts from collapsing.
 
 Speed (results unchanged; ``DynaMerModel.set_fast(False)`` runs the plain reference, which the tests compare
-with): the load-balancing loss is computed only when asked for (training); without autograd stream tensors are
-updated in place (see :mod:`medvtab.methods.dual_stream`); after the last block, in evaluation, only what the
+with): the load-balancing loss is computed only when asked for (training); in ``block`` mode a layer hands the
+rows it adapted straight to the next block (no scatter and gather of the same rows in between), and without
+autograd stream tensors are updated in place (see :mod:`medvtab.methods.dual_stream`); after the last block, in evaluation, only what the
 summaries read is adapted (the CLS pair when both streams pool their CLS); the skipping router's weight and a
 one-value gate fold into the expert weights, and the experts' bias term joins the up-projection's product; the
 routers' small products are fused and padded (see ``PAD_COLUMNS``); and the MoE runs dense or gathered per size
@@ -366,11 +367,11 @@ class DynaMerLayer(nn.Module):
         chosen = [self._select(s, x, fast=self.fast) for s, x in enumerate((xg, xm))]
         return Picks(keep=(chosen[0][0], chosen[1][0]), state=chosen)
 
-    def _next_picks(self, chosen) -> Picks | None:
+    def _next_picks(self, chosen, rows=(None, None)) -> Picks | None:
         """``skip_mode: block``: the tokens this layer's adapter took also go through the next block."""
         if self.cfg.skip_mode != "block" or chosen[0] is None or chosen[1] is None:
             return None
-        return Picks(keep=(chosen[0][0], chosen[1][0]))
+        return Picks(keep=(chosen[0][0], chosen[1][0]), rows=rows)
 
     @property
     def aux_loss(self) -> torch.Tensor | None:
@@ -386,17 +387,19 @@ class DynaMerLayer(nn.Module):
         return n * (dispatch * logits.softmax(-1).flatten(0, -2).mean(0)).sum()
 
     def forward(self, xg: torch.Tensor, xm: torch.Tensor, picks: Picks | None = None,
-                needed: tuple[str, str] | None = None, inplace: bool = False):
+                needed: tuple[str, str] | None = None, inplace: bool = False, carry: bool = False):
         """The layer on both streams -> ``(xg, xm, picks for the next block)`` (see
         :mod:`medvtab.methods.dual_stream`). ``picks``: with ``every-block``, the tokens :meth:`pick` chose before
-        the block; otherwise the skipping router chooses from ``xg``/``xm``. ``needed`` and ``inplace``: the
-        runner's hints."""
+        the block; otherwise the skipping router chooses from ``xg``/``xm``. ``needed``, ``inplace`` and ``carry``:
+        the runner's hints."""
         given = picks.state if picks is not None and self.routes_own_block else None
         if not self.fast:
             xg, xm, chosen = self.forward_reference(xg, xm, given)
-        else:
-            xg, xm, chosen = self._forward_fast(xg, xm, given, needed, inplace and not torch.is_grad_enabled())
-        return xg, xm, self._next_picks(chosen)
+            return xg, xm, self._next_picks(chosen)
+        carry = carry and self.cfg.skip_mode == "block"
+        xg, xm, chosen, rows = self._forward_fast(xg, xm, given, needed, inplace and not torch.is_grad_enabled(),
+                                                  carry)
+        return xg, xm, self._next_picks(chosen, rows)
 
     def _router_and_gate(self, parts: StreamParts, x: torch.Tensor):
         """Expert-router logits and gate values of tokens ``x``: the router's first layer and a one-value gate
@@ -451,7 +454,7 @@ class DynaMerLayer(nn.Module):
             self._record(s, weights, gate, x.shape[1] / merged_len)
         return delta
 
-    def _forward_fast(self, xg: torch.Tensor, xm: torch.Tensor, given, needed, inplace: bool):
+    def _forward_fast(self, xg: torch.Tensor, xm: torch.Tensor, given, needed, inplace: bool, carry: bool):
         full = (xg, xm)
         starts = self.starts
         if needed is None or self.training or self.record_stats:
@@ -493,7 +496,7 @@ class DynaMerLayer(nn.Module):
                     delta = self._delta(s, x, torch.cat(both, dim=-1), None, weight, merged_len)
                 outs[s] = ("rows", rows, x + delta)
         # Both streams' inputs have been read: now the outputs may overwrite them.
-        new = list(full)
+        new, rows_on = list(full), [None, None]
         for s in (0, 1):
             if outs[s] is None:
                 continue
@@ -512,8 +515,11 @@ class DynaMerLayer(nn.Module):
                     new[s] = torch.cat([outs[s][1], tokens[:, 1:]], dim=1)
             else:
                 _, rows, values = outs[s]
-                new[s] = put_tokens(tokens, rows + start, values, inplace)
-        return new[0], new[1], chosen
+                if carry:  # the next block's input rows (prefix first, as run_block orders them)
+                    rows_on[s] = values if start == 0 else torch.cat([tokens[:, :self.prefixes[s]], values], dim=1)
+                else:
+                    new[s] = put_tokens(tokens, rows + start, values, inplace)
+        return new[0], new[1], chosen, tuple(rows_on)
 
     def forward_reference(self, xg: torch.Tensor, xm: torch.Tensor, given=None):
         """The plain implementation, kept as the reference the fast path is tested against."""
