@@ -803,6 +803,8 @@ def _backbone_field(runs: list[Run], name: str) -> list | None:
 
 
 def ablation_section(bench: Bench, group: str) -> Section:
+    from medvtab.methods.dynamer import SKIP_MODES
+
     titles = {GATES: ("Ablation: gates (Table 4)", "Accuracy with and without each stream's gate",
                       ["General gate", "Medical gate"]),
               GATE_DIM: ("Ablation: gate dimension (Table 5)", "Accuracy by gate dimension",
@@ -833,7 +835,7 @@ def ablation_section(bench: Bench, group: str) -> Section:
     variants = _ordered(variant(r) for r in runs)
     widths, depth = _backbone_field(runs, "width"), (_backbone_field(runs, "depth") or [None])[0]
     gate_rank = {"none": 0, "general": 1, "medical": 2, "both": 3}
-    mode_rank = {"adapter": 0, "block": 1, "every-block": 2}
+    mode_rank = {mode: i for i, mode in enumerate(SKIP_MODES)}
 
     def display(v: tuple) -> list[str]:
         if group == GATES:

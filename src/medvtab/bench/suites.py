@@ -84,6 +84,8 @@ def mini_ablations(quick: bool = False) -> GridConfig:
     (Table 6; the tiny experts have 4 blocks, so 4/3/2/1 layers stand for the paper's 12/6/3/1), and the
     skipping router's keep ratio with each skip mode (Table 7; metrics.json has ms_per_batch and
     eval_images_per_second). The default configuration is in every group and runs once."""
+    from medvtab.methods.dynamer import SKIP_MODES
+
     budget = BUDGETS[_profile(quick)]
 
     def ablation(**sweep) -> GroupConfig:
@@ -95,8 +97,7 @@ def mini_ablations(quick: bool = False) -> GridConfig:
             "ablation-gates": ablation(gates=["none", "general", "medical", "both"]),
             "ablation-gate-dim": ablation(gate_dim=["width", "width/2", "width/4", "1"]),
             "ablation-layers": ablation(layers=["all", "last:3", "last:2", "last:1"]),
-            "ablation-keep-ratio": ablation(keep_ratio=[1.0, 0.5, 0.3, 0.1],
-                                            skip_mode=["adapter", "block", "every-block"]),
+            "ablation-keep-ratio": ablation(keep_ratio=[1.0, 0.5, 0.3, 0.1], skip_mode=list(SKIP_MODES)),
         })
 
 

@@ -26,11 +26,11 @@ Per layer ``l`` and merged token pair ``(x_gen,i, x_med,i)`` (patch tokens; CLS 
 Speed (results unchanged; ``DynaMerModel.set_fast(False)`` runs the plain reference, which the tests compare
 with): the load-balancing loss is computed only when asked for (training); in ``block`` mode a layer hands the
 rows it adapted straight to the next block (no scatter and gather of the same rows in between), and without
-autograd stream tensors are updated in place (see :mod:`medvtab.methods.dual_stream`); after the last block, in evaluation, only what the
-summaries read is adapted (the CLS pair when both streams pool their CLS); the skipping router's weight and a
-one-value gate fold into the expert weights, and the experts' bias term joins the up-projection's product; the
-routers' small products are fused and padded (see ``PAD_COLUMNS``); and the MoE runs dense or gathered per size
-(:meth:`SharedExperts.choose`). ``medvtab perf`` measures all of it.
+autograd stream tensors are updated in place (see :mod:`medvtab.methods.dual_stream`); after the last block, in
+evaluation, only what the summaries read is adapted (the CLS pair when both streams pool their CLS); the skipping
+router's weight and a one-value gate fold into the expert weights, and the experts' bias term joins the
+up-projection's product; the routers' small products are padded (see ``PAD_COLUMNS``); and the MoE runs dense or
+gathered per size (:meth:`SharedExperts.choose`). ``medvtab perf`` measures all of it.
 
 Choices where the paper is silent: up-projections start at N(0, 1e-3) and gates at 0.5, so every layer
 starts close to the identity while all routers already receive gradients; routers are two-layer MLPs of
@@ -40,7 +40,7 @@ widths experts output the larger width and a linear map per stream projects to t
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,8 @@ from medvtab.methods.base import AdaptedModel, MethodConfig, register_method
 from medvtab.methods.dual_stream import DualStreamRunner, Picks
 
 STREAMS = ("general", "medical")
+SkipMode = Literal["adapter", "block", "every-block"]
+SKIP_MODES: tuple[str, ...] = get_args(SkipMode)
 # Default hidden widths of experts and routers: width / 12 (AdaptFormer's 64 on ViT-B's 768), so the adapter's
 # cost keeps the same small share of a block's at every backbone size: 4 experts of width / 12 on the pair
 # cost about 5 % of the two blocks they sit between (ViT-B: bottleneck 64; the tiny pair: 8).
@@ -73,7 +75,7 @@ class DynaMerConfig(MethodConfig):
         "1", description="gate values per token: 1 (the paper's lightweight gate) up to one per channel")
     layers: str = Field("all", description="'all', 'last:K' or a comma list of block indices")
     keep_ratio: float = Field(1.0, gt=0.0, le=1.0)
-    skip_mode: Literal["adapter", "block", "every-block"] = "adapter"
+    skip_mode: SkipMode = "adapter"
     balance_weight: float = Field(0.01, ge=0.0)
 
     @model_validator(mode="after")

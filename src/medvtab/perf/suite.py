@@ -37,10 +37,11 @@ import torch
 
 from medvtab.engine.speed import compile_with_fallback, keep_freed_memory, set_grad_checkpointing
 from medvtab.errors import MedvtabError
+from medvtab.methods.dynamer import SKIP_MODES
 from medvtab.perf.timing import interleaved, summary
 
 KEEP_RATIOS = (1.0, 0.5, 0.3, 0.1)
-SKIP_MODES = ("adapter", "block", "every-block")
+BLOCK_SKIP_MODES = tuple(m for m in SKIP_MODES if m != "adapter")  # skipped tokens also bypass backbone blocks
 NUM_CLASSES = 2
 
 # Dense bf16 tensor-core peak (TFLOP/s, without sparsity) by device-name fragment, from the vendors' data sheets.
@@ -694,7 +695,7 @@ def measure_vitb(ctx: Context) -> dict:
     sub = Context(ctx.cfg, ctx.device, g, m, max(g.input_size, m.input_size), Compiler(False), clock=ctx.clock)
     x = sub.images(batch)
     cases = {"both": _inference(lambda: (g(x), m(x)), ctx.device)}
-    timed = [("adapter", 1.0)] + [(mode, r) for mode in ("block", "every-block") for r in (0.5, 0.3)]
+    timed = [("adapter", 1.0)] + [(mode, r) for mode in BLOCK_SKIP_MODES for r in (0.5, 0.3)]
     for mode, r in timed:
         model = dynamer(sub, r, mode)
         cases[_case(mode, r)] = _inference(lambda model=model: model(x), ctx.device)
@@ -884,18 +885,18 @@ def run_perf(cfg: PerfConfig, on_progress: Callable[[str], None] = lambda m: Non
         "both_over_one": big[-1]["both_over_one"]["median"],
         "dynamer_over_both": row[("adapter", 1.0)]["over_both_backbones"]["median"],
         **{_ratio_key(mode, r): row[(mode, r)]["speedup_vs_keep_1"]["median"]
-           for mode in ("block", "adapter", "every-block") for r in KEEP_RATIOS if r < 1},
+           for mode in SKIP_MODES for r in KEEP_RATIOS if r < 1},
         "linear_epoch_speedup": linear["speedup"],
         "loading_over_training": loading["loading_over_training"],
     }
     if vitb_timed:
-        skipping = [_ratio_key(mode, r) for mode in ("block", "every-block") for r in (0.5, 0.3)]
+        skipping = [_ratio_key(mode, r) for mode in BLOCK_SKIP_MODES for r in (0.5, 0.3)]
         for key in ("dynamer_over_both", *skipping):
             ratios[f"vitb_{key}"] = vitb_timed[key]["median"]
     train_row = next((r for r in train["rows"] if r["method"] == "dynamer" and "error" not in r), None)
     ratios["flops_both_over_one"] = round(flops["both_backbones"] / flops["one_backbone"], 4)
     ratios["flops_dynamer_over_both"] = round(flops["dynamer_adapter_1.0"] / flops["both_backbones"], 4)
-    for mode in ("block", "every-block"):
+    for mode in BLOCK_SKIP_MODES:
         for r in (0.5, 0.3, 0.1):
             key = _ratio_key(mode, r)
             ratios[f"flops_{key}"] = round(flops[f"dynamer_{mode}_1.0"] / flops[f"dynamer_{mode}_{r}"], 4)
