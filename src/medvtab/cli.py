@@ -66,7 +66,7 @@ def train(
     train_size: Optional[int] = typer.Option(None, min=1, help="Subsample the train split (stratified)."),
     seed: int = typer.Option(0),
     keep_ratio: Optional[float] = typer.Option(None, help="DynaMer: fraction of patch tokens routed (0, 1]."),
-    skip_mode: Optional[str] = typer.Option(None, help="DynaMer: 'adapter' (paper), 'block' or 'every-block'."),
+    skip_mode: Optional[str] = typer.Option(None, help="DynaMer: 'adapter' (eq. 4), 'later-blocks' or 'block'."),
     backbone: Optional[str] = typer.Option(None, help="Single-backbone methods: adapt 'general' or 'medical'."),
     set_: List[str] = typer.Option([], "--set", help="Method option KEY=VALUE (repeatable)."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),

@@ -32,7 +32,7 @@ def bench_specs(small: str) -> tuple[list[RunSpec], list[RunSpec]]:
     run += [RunSpec(group="ablation-layers", task=small, method="dynamer", options={"layers": "last:1"})]
     run += [RunSpec(group="ablation-keep-ratio", task=small, method="dynamer",
                     options={"keep_ratio": ratio, "skip_mode": mode})
-            for ratio, mode in ((1.0, "adapter"), (1.0, "block"), (0.5, "block"))]
+            for ratio, mode in ((1.0, "adapter"), (1.0, "later-blocks"), (0.5, "later-blocks"))]
     missing = [RunSpec(task="breastmnist", method="lora", seed=0, **tiny),
                RunSpec(group="ablation-gates", task=small, method="dynamer", options={"gates": "general"})]
     return run, missing

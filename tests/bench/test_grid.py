@@ -80,7 +80,7 @@ def test_ablation_groups_share_the_default_run():
     assert len(unique_runs(specs)) == len(specs) - 3
     keep = [s for s in specs if s.group == "ablation-keep-ratio"]
     assert {(s.options.get("keep_ratio", 1.0), s.options.get("skip_mode", "adapter")) for s in keep} == {
-        (r, m) for r in (1.0, 0.5, 0.3, 0.1) for m in ("adapter", "block", "every-block")}
+        (r, m) for r in (1.0, 0.5, 0.3, 0.1) for m in ("adapter", "later-blocks", "block")}
     # and it is the main table's DynaMer run on the same task (the budgets agree)
     main = {s.run_id() for s in expand_grid(mini(), methods=["dynamer"]) if s.group == "main"}
     assert default[0].run_id() in main
@@ -152,7 +152,7 @@ def test_groups_inherit_and_merge_top_level_fields():
      "field 'protocols': option '--seen': only with --protocol patient-ood"),
     ("tasks: [breastmnist]\nprotocols: [{name: loo}]\n", "unknown protocol 'loo'; choose from standard, vtab1k"),
     ("tasks: [breastmnist]\nmethods: [dynamer]\nsweep: {skip_mode: [adapter, blocks]}\n",
-     "method 'dynamer' option 'skip_mode': Input should be 'adapter', 'block' or 'every-block'"),
+     "method 'dynamer' option 'skip_mode': Input should be 'adapter', 'later-blocks' or 'block'"),
     ("tasks: [breastmnist]\noptions: {dynamer: {keep_ratio: 2}}\n", "option 'keep_ratio'"),
     ("tasks: [breastmnist]\ntrain: {epochs: 0}\n", "field 'train.epochs': Input should be greater than or equal"),
     ("tasks: [breastmnist]\ntrain: {epoch: 3}\n", "unknown key 'train.epoch'; expected any of: epochs"),

@@ -211,13 +211,14 @@ def test_ablation_tables(bench_store, bench_report):
     keep = bench_report.table("ablation-keep-ratio")
     assert keep.columns[:5] == ["Tokens routed", "Skip mode", "ms per batch", "Speed-up vs 100 %", "Images/s"]
     rows = {(r[0].text, r[1].text): r for r in keep.rows[:-1]}
-    assert set(rows) == {("100 %", "adapter"), ("100 %", "block"), ("50 %", "block")}
+    assert set(rows) == {("100 %", "adapter"), ("100 %", "later-blocks"), ("50 %", "later-blocks")}
     group = "ablation-keep-ratio"
-    full_block = metrics_of(bench_store, group=group, options={"keep_ratio": 1.0, "skip_mode": "block"})[0]
-    half_block = metrics_of(bench_store, group=group, options={"keep_ratio": 0.5, "skip_mode": "block"})[0]
-    assert rows[("100 %", "block")][2].text == f"{full_block['ms_per_batch']:.1f}"
-    assert rows[("100 %", "block")][3].text == "1.00x"
-    assert rows[("50 %", "block")][3].value == pytest.approx(full_block["ms_per_batch"] / half_block["ms_per_batch"])
+    full_block = metrics_of(bench_store, group=group, options={"keep_ratio": 1.0, "skip_mode": "later-blocks"})[0]
+    half_block = metrics_of(bench_store, group=group, options={"keep_ratio": 0.5, "skip_mode": "later-blocks"})[0]
+    assert rows[("100 %", "later-blocks")][2].text == f"{full_block['ms_per_batch']:.1f}"
+    assert rows[("100 %", "later-blocks")][3].text == "1.00x"
+    speedup = full_block["ms_per_batch"] / half_block["ms_per_batch"]
+    assert rows[("50 %", "later-blocks")][3].value == pytest.approx(speedup)
     assert any("ms per evaluation batch of 256 images" in n for n in keep.notes)
 
 
@@ -290,8 +291,8 @@ def test_attention_maps_of_a_dynamer_run(bench_store):
         assert (m.reshape(4, -1).sum(1) <= 1 + 1e-5).all()  # CLS attention over patches: part of a softmax
         assert maps.kinds[stream] == "CLS-to-patch attention"
     assert sorted(maps.labels) == [0, 1, 2, 3]  # one image of each class first (retinamnist: 5 grades)
-    # block skipping: the last block saw the CLS and ceil(0.5 * 49) = 25 patches; the others have no attention
-    skip = next(RunSpec(**s) for s in grid["specs"] if s["options"].get("skip_mode") == "block"
+    # later-blocks skipping: the last block saw the CLS and ceil(0.5 * 49) = 25 patches; the others have no attention
+    skip = next(RunSpec(**s) for s in grid["specs"] if s["options"].get("skip_mode") == "later-blocks"
                 and s["options"].get("keep_ratio") == 0.5)
     skipped = run_attention(run_dir(bench_store, skip), count=2)
     for stream in ("general", "medical"):

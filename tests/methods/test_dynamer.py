@@ -82,14 +82,14 @@ def test_exactly_ceil_rho_n_tokens_reach_the_adapter(pair, images, keep_ratio):
     assert down == ([n + 1] * 4 if 2 * expected >= n + 1 else [expected] * 8)
 
 
-@pytest.mark.parametrize("skip_mode", ["adapter", "block", "every-block"])
+@pytest.mark.parametrize("skip_mode", ["adapter", "later-blocks", "block"])
 def test_each_skip_mode_runs_the_blocks_on_its_tokens(pair, images, skip_mode):
-    """``adapter``: every block sees every token. ``block``: the tokens a layer's adapter took go through the
-    next block; the first block sees every token. ``every-block``: each layer's skipping router picks, from its
+    """``adapter``: every block sees every token. ``later-blocks``: the tokens a layer's adapter took go through the
+    next block; the first block sees every token. ``block``: each layer's skipping router picks, from its
     block's input, the tokens for the block and the adapter, the first block included."""
     model = dynamer(pair, keep_ratio=0.3, skip_mode=skip_mode).eval()
     kept = 1 + math.ceil(0.3 * 49)
-    expected = {"adapter": [50] * 4, "block": [50] + [kept] * 3, "every-block": [kept] * 4}[skip_mode]
+    expected = {"adapter": [50] * 4, "later-blocks": [50] + [kept] * 3, "block": [kept] * 4}[skip_mode]
     seen = {}
 
     def record(key):
@@ -112,8 +112,8 @@ def test_each_skip_mode_runs_the_blocks_on_its_tokens(pair, images, skip_mode):
     layer = layers(model)[0]
     xg = pair[0].embed(pair[0].preprocess(images))
     xm = pair[1].embed(pair[1].preprocess(images))
-    assert layer.routes_own_block == (skip_mode == "every-block")
-    picks = layer.pick(xg, xm) if skip_mode == "every-block" else layer(xg, xm)[2]
+    assert layer.routes_own_block == (skip_mode == "block")
+    picks = layer.pick(xg, xm) if skip_mode == "block" else layer(xg, xm)[2]
     if skip_mode == "adapter":
         assert picks is None
     else:
@@ -132,7 +132,7 @@ def test_block_skip_leaves_skipped_tokens_untouched_by_the_block(pair, images):
     assert not torch.allclose(out[:, 1:][:, [0, 5, 9]], tokens[:, 1:][:, [0, 5, 9]])
 
 
-@pytest.mark.parametrize("skip_mode", ["adapter", "block", "every-block"])
+@pytest.mark.parametrize("skip_mode", ["adapter", "later-blocks", "block"])
 def test_routers_get_gradients(pair, images, skip_mode):
     model = dynamer(pair, keep_ratio=0.5, skip_mode=skip_mode).train()
     labels = torch.tensor([0, 1, 2, 0])
@@ -254,7 +254,8 @@ def vitb_pair(vitb_checkpoints):
             load_backbone(f"lvmmed-vitb@{vitb_checkpoints['lvmmed']}", depth=2))
 
 
-@pytest.mark.parametrize("options", [{}, {"keep_ratio": 0.5, "skip_mode": "block"}])
+@pytest.mark.parametrize("options", [{}, {"keep_ratio": 0.5, "skip_mode": "later-blocks"},
+                                     {"keep_ratio": 0.5, "skip_mode": "block"}])
 def test_dynamer_forward_and_backward_on_dinov2_and_lvmmed(vitb_pair, options):
     general, medical = vitb_pair
     assert general.grid == medical.grid == (14, 14)

@@ -8,7 +8,7 @@ included) up to the input of the last block; there the attention probabilities a
 * a stream with a CLS token: the CLS query's attention over the patch tokens, averaged over heads;
 * a stream without one (LVM-Med/SAM): the attention each patch receives, averaged over queries and heads.
 
-With ``skip_mode`` ``"block"`` or ``"every-block"`` the last block runs on the kept tokens only; the others get no
+With ``skip_mode`` ``"block"`` or ``"later-blocks"`` the last block runs on the kept tokens only; the others get no
 attention (NaN).
 """
 from __future__ import annotations

@@ -892,9 +892,9 @@ def ablation_section(bench: Bench, group: str) -> Section:
         batch = _ordered(str((r.metrics or {}).get("eval_batch_size", "?")) for rs in cells.values() for r in rs)
         notes.append(f"Inference time: mean ms per evaluation batch of {' / '.join(batch) or '?'} images during each "
                      f"run's test evaluation, over all runs of the row (± across runs); speed-up against the 100 % "
-                     f"row of the same skip mode. 'adapter' skips only the adapter (the paper's eq. 4); 'block' "
-                     f"also lets skipped tokens bypass the next block; 'every-block' routes every block, the "
-                     f"first included, from the block's input. Timings from one machine under varying load "
+                     f"row of the same skip mode. 'adapter' skips only the adapter (the paper's eq. 4); 'later-"
+                     f"blocks' also lets skipped tokens bypass the next block (the first block sees every token); "
+                     f"'block' routes every block, the first included, from the block's input. Timings from one machine under varying load "
                      f"(see the header) are noisy; compare rows of one bench run only.")
     elif group == GATE_DIM and widths:
         notes.append(f"Gate dimension: gate values per token (width {widths[0]} / {widths[1]}); 0 = no gate.")

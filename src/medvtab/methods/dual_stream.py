@@ -1,8 +1,8 @@
 """Two frozen backbones run block by block in lockstep; after block ``l`` a per-layer hook sees both streams.
 
 A hook returns the tokens that go on to block ``l + 1`` and, where it routes that block (DynaMer's ``skip_mode:
-block``), the patch tokens of each stream block ``l + 1`` runs on (:class:`Picks`; the others bypass it); else
-None. A hook that routes its own block (``routes_own_block``, DynaMer's ``skip_mode: every-block``) chooses them,
+later-blocks``), the patch tokens of each stream block ``l + 1`` runs on (:class:`Picks`; the others bypass it);
+else None. A hook that routes its own block (``routes_own_block``, DynaMer's ``skip_mode: block``) chooses them,
 from the block's input, before the block (``pick``: the first block is routed too, as in Mixture-of-Depths).
 Either way the hook gets the choice back with the block's output (``picks``).
 

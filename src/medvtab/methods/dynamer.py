@@ -17,14 +17,15 @@ Per layer ``l`` and merged token pair ``(x_gen,i, x_med,i)`` (patch tokens; CLS 
   learns as in Mixture-of-Depths: the adapter's change is scaled by ``sigmoid(||R_S(x)||)``.
   ``skip_mode="adapter"`` is the paper's equation: the router reads the layer's block output and picks the tokens
   for the adapter. Skipping saves real time only where skipped tokens also bypass backbone blocks (the adapter is
-  a few percent of the FLOPs): ``"block"`` sends the tokens the adapter took through the next block too (the
-  first block sees every token); ``"every-block"`` has the router read the block's input and pick the tokens for
-  the block and the adapter after it, in every block from the first (Mixture-of-Depths' placement; the paper's
-  Table 7 speed-ups, 9.7x at 10 % of the tokens, exceed what any scheme with a full first block allows).
+  a few percent of the FLOPs): ``"block"`` has the router read the block's input and pick the tokens for the
+  block and the adapter after it, in every block from the first (Mixture-of-Depths' placement; the paper's Table 7
+  speed-ups, 9.7x at 10 % of the tokens, exceed what any scheme with a full first block allows);
+  ``"later-blocks"`` sends the tokens the adapter took through the next block too, so the first block sees every
+  token (slower than ``block`` at the same keep ratio, and on the tasks measured more accurate).
 * A Switch-style load-balancing loss (``balance_weight``) keeps experts from collapsing.
 
 Speed (results unchanged; ``DynaMerModel.set_fast(False)`` runs the plain reference, which the tests compare
-with): the load-balancing loss is computed only when asked for (training); in ``block`` mode a layer hands the
+with): the load-balancing loss is computed only when asked for (training); in ``later-blocks`` mode a layer hands the
 rows it adapted straight to the next block (no scatter and gather of the same rows in between), and without
 autograd stream tensors are updated in place (see :mod:`medvtab.methods.dual_stream`); after the last block, in
 evaluation, only what the summaries read is adapted (the CLS pair when both streams pool their CLS); the skipping
@@ -54,7 +55,7 @@ from medvtab.methods.base import AdaptedModel, MethodConfig, register_method
 from medvtab.methods.dual_stream import DualStreamRunner, Picks
 
 STREAMS = ("general", "medical")
-SkipMode = Literal["adapter", "block", "every-block"]
+SkipMode = Literal["adapter", "later-blocks", "block"]  # by how much work skipped tokens bypass
 SKIP_MODES: tuple[str, ...] = get_args(SkipMode)
 # Default hidden widths of experts and routers: width / 12 (AdaptFormer's 64 on ViT-B's 768), so the adapter's
 # cost keeps the same small share of a block's at every backbone size: 4 experts of width / 12 on the pair
@@ -360,9 +361,9 @@ class DynaMerLayer(nn.Module):
 
     @property
     def routes_own_block(self) -> bool:
-        """``skip_mode: every-block``: the skipping router picks, from the block's input, the tokens that go
-        through the block before this layer and through this layer's adapter."""
-        return self.streams[0].skip_router is not None and self.cfg.skip_mode == "every-block"
+        """``skip_mode: block``: the skipping router picks, from the block's input, the tokens that go through the
+        block before this layer and through this layer's adapter."""
+        return self.streams[0].skip_router is not None and self.cfg.skip_mode == "block"
 
     def pick(self, xg: torch.Tensor, xm: torch.Tensor) -> Picks:
         """Eq. 4 on the block's input tokens of both streams."""
@@ -370,8 +371,8 @@ class DynaMerLayer(nn.Module):
         return Picks(keep=(chosen[0][0], chosen[1][0]), state=chosen)
 
     def _next_picks(self, chosen, rows=(None, None)) -> Picks | None:
-        """``skip_mode: block``: the tokens this layer's adapter took also go through the next block."""
-        if self.cfg.skip_mode != "block" or chosen[0] is None or chosen[1] is None:
+        """``skip_mode: later-blocks``: the tokens this layer's adapter took also go through the next block."""
+        if self.cfg.skip_mode != "later-blocks" or chosen[0] is None or chosen[1] is None:
             return None
         return Picks(keep=(chosen[0][0], chosen[1][0]), rows=rows)
 
@@ -391,14 +392,14 @@ class DynaMerLayer(nn.Module):
     def forward(self, xg: torch.Tensor, xm: torch.Tensor, picks: Picks | None = None,
                 needed: tuple[str, str] | None = None, inplace: bool = False, carry: bool = False):
         """The layer on both streams -> ``(xg, xm, picks for the next block)`` (see
-        :mod:`medvtab.methods.dual_stream`). ``picks``: with ``every-block``, the tokens :meth:`pick` chose before
+        :mod:`medvtab.methods.dual_stream`). ``picks``: with ``block``, the tokens :meth:`pick` chose before
         the block; otherwise the skipping router chooses from ``xg``/``xm``. ``needed``, ``inplace`` and ``carry``:
         the runner's hints."""
         given = picks.state if picks is not None and self.routes_own_block else None
         if not self.fast:
             xg, xm, chosen = self.forward_reference(xg, xm, given)
             return xg, xm, self._next_picks(chosen)
-        carry = carry and self.cfg.skip_mode == "block"
+        carry = carry and self.cfg.skip_mode == "later-blocks"
         xg, xm, chosen, rows = self._forward_fast(xg, xm, given, needed, inplace and not torch.is_grad_enabled(),
                                                   carry)
         return xg, xm, self._next_picks(chosen, rows)
@@ -544,7 +545,8 @@ class DynaMerLayer(nn.Module):
                     chosen[s] = self._select(s, (xg, xm)[s])
                 _, rows, weight = chosen[s]
                 pair = torch.cat([gather_tokens(merged[0], rows), gather_tokens(merged[1], rows)], dim=-1)
-                out, bal = self._update(s, gather_tokens(merged[s], rows), self.experts.hidden(pair), merged_len, weight)
+                out, bal = self._update(s, gather_tokens(merged[s], rows), self.experts.hidden(pair), merged_len,
+                                        weight)
                 new.append(scatter_tokens(merged[s], rows, out))
                 balances.append(bal)
         self._aux, self._balance = torch.stack(balances).sum(), []

@@ -119,8 +119,8 @@ def print_tables(result: dict, console: Console | None = None) -> None:
     if vp:
         console.print(f"8. random-weight ViT-B pair, batch {vp['batch']}: DynaMer / both backbones "
                       f"{_x(vp['dynamer_over_both'])}, block skipping speed-up at 0.5 "
-                      f"{_x(vp['block_skip_speedup_0.5'])}, at 0.3 {_x(vp['block_skip_speedup_0.3'])}; every-block "
-                      f"{_x(vp['every_block_skip_speedup_0.5'])}, {_x(vp['every_block_skip_speedup_0.3'])}")
+                      f"{_x(vp['block_skip_speedup_0.5'])}, at 0.3 {_x(vp['block_skip_speedup_0.3'])}; later-blocks "
+                      f"{_x(vp['later_blocks_skip_speedup_0.5'])}, {_x(vp['later_blocks_skip_speedup_0.3'])}")
 
     t = Table(title="ratios (time ratios per round; flops_*: the same ratios in FLOPs, the ceiling a time ratio "
                     "meets when every FLOP costs the same)")

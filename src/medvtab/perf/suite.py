@@ -701,7 +701,7 @@ def measure_vitb(ctx: Context) -> dict:
         cases[_case(mode, r)] = _inference(lambda model=model: model(x), ctx.device)
     t = sub.time(cases, ctx.cfg.vitb_rounds, settle=True)
     return {"what": "random-weight DINOv2 ViT-B/14 (196 px) + LVM-Med ViT-B (224 px) on this device: both frozen "
-                    "backbones vs DynaMer (keep ratio 1; block and every-block skipping at 0.5 and 0.3)",
+                    "backbones vs DynaMer (keep ratio 1; later-blocks and block skipping at 0.5 and 0.3)",
             "batch": batch, "seconds_per_batch": {k: t.summary(k) for k in cases},
             "dynamer_over_both": t.ratio("keep:1.0", "both"),
             **{_ratio_key(mode, r): t.ratio("keep:1.0", _case(mode, r)) for mode, r in timed[1:]}}
