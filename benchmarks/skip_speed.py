@@ -1,4 +1,4 @@
-"""DynaMer inference time against the keep ratio of the skipping router, in both skip modes: section "skip" of
+"""DynaMer inference time against the keep ratio of the skipping router, in each skip mode: section "skip" of
 ``medvtab perf`` (the paper's Table 7 analogue), run alone.
 
 Interleaved repetitions in one process, warm-up excluded, each timed call right after an untimed call of the

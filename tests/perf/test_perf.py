@@ -73,7 +73,7 @@ def test_quick_perf_json_has_every_measurement(quick_run):
     row = r["backbones"]["rows"][0]
     assert {"one_s", "both_s", "both_over_one"} <= set(row)
     assert {"median", "iqr", "q1", "q3"} <= set(row["one_s"])
-    # 2. the Table 7 analogue: both modes, four keep ratios, adapter-only time beside end to end
+    # 2. the Table 7 analogue: every skip mode, four keep ratios, adapter-only time beside end to end
     table = r["skip"]["tables"][0]
     assert {(x["skip_mode"], x["keep_ratio"]) for x in table["rows"]} == set(
         itertools.product(("adapter", "later-blocks", "block"), (1.0, 0.5, 0.3, 0.1)))

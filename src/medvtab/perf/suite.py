@@ -1,7 +1,7 @@
 """The measurements of ``medvtab perf``; :func:`run_perf` runs them all in one process and returns one dict.
 
 1. ``backbones``: one backbone forward, both backbones forward, and their ratio, per batch size.
-2. ``skip``: DynaMer forward at keep ratios 1, 0.5, 0.3, 0.1 in both skip modes, against both frozen backbones
+2. ``skip``: DynaMer forward at keep ratios 1, 0.5, 0.3, 0.1 in each skip mode, against both frozen backbones
    (the paper's Table 7 analogue), the adapter-only time (the DynaMer layers alone) beside the end-to-end time.
 3. ``train_step``: one training step (forward, loss, backward, AdamW) of every registry method, relative to
    DynaMer's, and its peak memory (``torch.cuda.max_memory_allocated`` on a GPU; on a CPU the resident set
@@ -402,7 +402,7 @@ def measure_skip(ctx: Context, flops: dict) -> dict:
             })
         tables.append({"batch": batch, "both_backbones_seconds_per_batch": t.summary("both"), "rows": rows})
     return {"what": "DynaMer inference (default options, 2-class head) at each keep ratio and skip mode against "
-                    "both frozen backbones; keep ratio 1 is one case for both modes (the same computation: "
+                    "both frozen backbones; keep ratio 1 is one case for every mode (the same computation: "
                     "no skipping router); adapter_seconds: time inside the DynaMer layers alone (timing hooks "
                     "around each layer: in the timed calls on a CPU, in a pass of their own on a GPU or with "
                     "--compile); speed-ups: time at keep ratio 1 / time at the ratio, per round",
@@ -937,7 +937,8 @@ def run_perf(cfg: PerfConfig, on_progress: Callable[[str], None] = lambda m: Non
         "section_seconds": durations,
     }
     result = {
-        "machine": {**machine_record(ctx), "malloc_keeps_freed_memory": malloc_tuned}, "config": meta, "ratios": ratios, "targets": targets,
+        "machine": {**machine_record(ctx), "malloc_keeps_freed_memory": malloc_tuned}, "config": meta,
+        "ratios": ratios, "targets": targets,
         "backbones": backbones, "skip": skip, "train_step": train, "moe": moe, "loading": loading,
         "flops": {"what": "FLOPs per image from torch.utils.flop_counter (matrix products, convolutions, "
                           "attention; element-wise work not counted)", "per_image": flops, "achieved": rates,
