@@ -894,8 +894,8 @@ def ablation_section(bench: Bench, group: str) -> Section:
                      f"run's test evaluation, over all runs of the row (± across runs); speed-up against the 100 % "
                      f"row of the same skip mode. 'adapter' skips only the adapter (the paper's eq. 4); 'later-"
                      f"blocks' also lets skipped tokens bypass the next block (the first block sees every token); "
-                     f"'block' routes every block, the first included, from the block's input. Timings from one machine under varying load "
-                     f"(see the header) are noisy; compare rows of one bench run only.")
+                     f"'block' routes every block, the first included, from the block's input. Timings from one "
+                     f"machine under varying load (see the header) are noisy; compare rows of one bench run only.")
     elif group == GATE_DIM and widths:
         notes.append(f"Gate dimension: gate values per token (width {widths[0]} / {widths[1]}); 0 = no gate.")
     elif group == LAYERS and depth:

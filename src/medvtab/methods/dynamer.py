@@ -25,8 +25,8 @@ Per layer ``l`` and merged token pair ``(x_gen,i, x_med,i)`` (patch tokens; CLS 
 * A Switch-style load-balancing loss (``balance_weight``) keeps experts from collapsing.
 
 Speed (results unchanged; ``DynaMerModel.set_fast(False)`` runs the plain reference, which the tests compare
-with): the load-balancing loss is computed only when asked for (training); in ``later-blocks`` mode a layer hands the
-rows it adapted straight to the next block (no scatter and gather of the same rows in between), and without
+with): the load-balancing loss is computed only when asked for (training); in ``later-blocks`` mode a layer hands
+the rows it adapted straight to the next block (no scatter and gather of the same rows in between), and without
 autograd stream tensors are updated in place (see :mod:`medvtab.methods.dual_stream`); after the last block, in
 evaluation, only what the summaries read is adapted (the CLS pair when both streams pool their CLS); the skipping
 router's weight and a one-value gate fold into the expert weights, and the experts' bias term joins the
