@@ -143,13 +143,13 @@ def fused_linear(x: torch.Tensor, layers: list[nn.Linear]) -> torch.Tensor:
     return F.linear(x, F.pad(weight, (0, 0, 0, pad)), F.pad(bias, (0, pad)))
 
 
-def linear_on_columns(x: torch.Tensor, layer: nn.Linear, start: int) -> torch.Tensor:
-    """``layer(x[..., start:start + layer.in_features])`` as one product over all of ``x`` (zero weights on the
-    other columns: no strided copy of the slice), padded like :func:`fused_linear`; callers read
-    ``[..., :layer.out_features]``."""
-    after = x.shape[-1] - start - layer.in_features
-    pad = -layer.out_features % PAD_COLUMNS
-    return F.linear(x, F.pad(layer.weight, (start, after, 0, pad)), F.pad(layer.bias, (0, pad)))
+def linear_on_padded(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """``layer(x[..., :layer.in_features])`` for an ``x`` with padding columns after those (the output of
+    :func:`fused_linear`), as one product over all of ``x`` (zero weights on the padding: no strided copy of the
+    slice), padded like :func:`fused_linear`; callers read ``[..., :layer.out_features]``."""
+    pad_in = x.shape[-1] - layer.in_features
+    pad_out = -layer.out_features % PAD_COLUMNS
+    return F.linear(x, F.pad(layer.weight, (0, pad_in, 0, pad_out)), F.pad(layer.bias, (0, pad_out)))
 
 
 # When the MoE is computed gathered (each token through its top-k experts only) instead of densely (all experts
@@ -315,7 +315,7 @@ class DynaMerLayer(nn.Module):
         # copied to contiguous memory first, which costs more than the router on one or two extra rows.
         router = self.streams[s].skip_router
         if fast:
-            out = linear_on_columns(F.gelu(fused_linear(tokens, [router[0]])), router[2], 0)
+            out = linear_on_padded(F.gelu(fused_linear(tokens, [router[0]])), router[2])
         else:
             out = router(tokens)
         c = 1 if self.merges_cls else 0
@@ -414,7 +414,7 @@ class DynaMerLayer(nn.Module):
             gate = torch.sigmoid(z[..., hidden:hidden + 1])
         elif parts.gate is not None:
             gate = parts.gate_values(x)
-        logits = linear_on_columns(F.gelu(z), parts.router[2], 0)[..., :self.cfg.num_experts]
+        logits = linear_on_padded(F.gelu(z), parts.router[2])[..., :self.cfg.num_experts]
         return logits, gate
 
     def _delta(self, s: int, x: torch.Tensor, pair: torch.Tensor | None, hidden: torch.Tensor | None,

@@ -343,6 +343,12 @@ def _ratio_key(mode: str, r: float) -> str:
     return f"{mode.replace('-', '_')}_skip_speedup_{r}"
 
 
+def _flop_skip_speedups(per_image: dict, modes) -> dict:
+    """FLOPs at keep ratio 1 / FLOPs at each lower keep ratio, per skip mode, from ``dynamer_{mode}_{r}`` counts."""
+    return {_ratio_key(mode, r): round(per_image[f"dynamer_{mode}_1.0"] / per_image[f"dynamer_{mode}_{r}"], 4)
+            for mode in modes for r in KEEP_RATIOS if r < 1}
+
+
 def measure_skip(ctx: Context, flops: dict) -> dict:
     models = {(mode, r): dynamer(ctx, r, mode) for mode in SKIP_MODES for r in KEEP_RATIOS}
     g, m = ctx.general, ctx.medical
@@ -740,8 +746,7 @@ def vitb_flops(batch: int = 1) -> dict:
                 out[f"dynamer_{mode}_{r}"] = count(lambda: model(x))
     ratios = {"both_over_one": round(out["both_backbones"] / out["one_backbone"], 4),
               "dynamer_over_both": round(out["dynamer_adapter_1.0"] / out["both_backbones"], 4),
-              **{_ratio_key(mode, r): round(out[f"dynamer_{mode}_1.0"] / out[f"dynamer_{mode}_{r}"], 4)
-                 for mode in SKIP_MODES for r in KEEP_RATIOS if r < 1}}
+              **_flop_skip_speedups(out, SKIP_MODES)}
     return {"what": "FLOPs per image of the DINOv2 ViT-B/14 + LVM-Med ViT-B pair (layouts only, meta tensors)",
             "per_image": out, "ratios": ratios}
 
@@ -890,16 +895,12 @@ def run_perf(cfg: PerfConfig, on_progress: Callable[[str], None] = lambda m: Non
         "loading_over_training": loading["loading_over_training"],
     }
     if vitb_timed:
-        skipping = [_ratio_key(mode, r) for mode in BLOCK_SKIP_MODES for r in (0.5, 0.3)]
-        for key in ("dynamer_over_both", *skipping):
-            ratios[f"vitb_{key}"] = vitb_timed[key]["median"]
+        ratios.update({f"vitb_{key}": value["median"] for key, value in vitb_timed.items()
+                       if key == "dynamer_over_both" or "_skip_speedup_" in key})
     train_row = next((r for r in train["rows"] if r["method"] == "dynamer" and "error" not in r), None)
     ratios["flops_both_over_one"] = round(flops["both_backbones"] / flops["one_backbone"], 4)
     ratios["flops_dynamer_over_both"] = round(flops["dynamer_adapter_1.0"] / flops["both_backbones"], 4)
-    for mode in BLOCK_SKIP_MODES:
-        for r in (0.5, 0.3, 0.1):
-            key = _ratio_key(mode, r)
-            ratios[f"flops_{key}"] = round(flops[f"dynamer_{mode}_1.0"] / flops[f"dynamer_{mode}_{r}"], 4)
+    ratios.update({f"flops_{key}": value for key, value in _flop_skip_speedups(flops, BLOCK_SKIP_MODES).items()})
     on_gpu = device.type == "cuda"
     targets = [_target(f"both_over_one (batch {r['batch']})", r["both_over_one"]["median"], "both_over_one")
                for r in big]
