@@ -59,11 +59,28 @@ def log_rows(run) -> list[dict]:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
 
 
+# Runs compared here evaluate (and linear computes its features) at different batch sizes, whose CPU kernels may
+# round differently in the last bits (Intel MKL does, AMD's run did not): floats are compared to this tolerance.
+TOL = {"rel": 1e-5, "abs": 1e-6}
+
+
+def close(a, b) -> bool:
+    """Equal structures; numbers (also numeric strings of the CSV log) within ``TOL``."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return set(a) == set(b) and all(close(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(close(x, y) for x, y in zip(a, b))
+    try:
+        return float(a) == pytest.approx(float(b), **TOL)
+    except (TypeError, ValueError):
+        return a == b
+
+
 def same_run(a_dir, a: dict, b_dir, b: dict) -> None:
-    assert {k: a[k] for k in RESULT_KEYS} == {k: b[k] for k in RESULT_KEYS}
-    assert log_rows(a_dir) == log_rows(b_dir)
+    assert close({k: a[k] for k in RESULT_KEYS}, {k: b[k] for k in RESULT_KEYS})
+    assert close(log_rows(a_dir), log_rows(b_dir))
     wa, wb = rundir.read_tensors(a_dir / rundir.ADAPTER), rundir.read_tensors(b_dir / rundir.ADAPTER)
-    assert set(wa) == set(wb) and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert set(wa) == set(wb) and all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa)
 
 
 def train(task, out, notes=None, on_step=None, resume=False, method=METHOD, **cfg):
@@ -171,7 +188,7 @@ def test_evaluation_oom_halves_the_eval_batch_with_identical_results(small_task,
     assert metrics["eval_batch_size"] == 4 and metrics["batch_size"] == 8
     same_run(tmp_path / "auto", metrics, *batch8)
 
-    # the retried pass gives the same probabilities, bit for bit, as one pass over everything
+    # the retried pass gives the same probabilities as one pass over everything (to TOL: batch sizes differ)
     from medvtab.engine.run import load_run
     monkeypatch.undo()  # the model loaded back fits any batch until told otherwise
     model, _, _ = load_run(tmp_path / "auto")
@@ -186,7 +203,8 @@ def test_evaluation_oom_halves_the_eval_batch_with_identical_results(small_task,
     batches = BatchSizes(8, 256, auto=True, on_note=lambda message: None)
     halved = batches.evaluate(lambda b: evaluate(model, images, labels, b, torch.device("cpu")), len(labels),
                               "test", None, 2)
-    assert batches.eval == 2 and np.array_equal(whole.probs, halved.probs) and whole.loss == halved.loss
+    assert batches.eval == 2 and np.allclose(whole.probs, halved.probs, rtol=TOL["rel"], atol=TOL["abs"])
+    assert whole.loss == pytest.approx(halved.loss, **TOL)
 
 
 def test_feature_caching_method_retries_its_feature_pass(small_task, tmp_path, monkeypatch):

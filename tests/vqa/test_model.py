@@ -173,7 +173,8 @@ def test_dynamer_run_as_vision_side(small_task, tmp_path, rad_items):
     images = vqa_data.load_images([i.image for i in rad_items], encoder.input_size)
     tokens = encoder.encode(images, batch_size=1)
     assert tokens.shape == (2, 50, 192) and not tokens.requires_grad
-    assert torch.allclose(tokens, encoder.encode(images))  # batching does not change the tokens
+    # batching does not change the tokens beyond the last bits (kernels differ by batch size on some CPUs)
+    assert torch.allclose(tokens, encoder.encode(images), rtol=1e-5, atol=1e-5)
     with pytest.raises(MedvtabError, match="keeps its input size"):
         load_vision(f"dynamer:{run}", img_size=56)
     with pytest.raises(MedvtabError, match="not a run directory"):

@@ -11,11 +11,17 @@ from safetensors.torch import load_file, save_file
 from medvtab.atomic import atomic_write, check_new_run_dir, staged_run_dir, write_csv, write_json
 from medvtab.errors import MedvtabError
 
-__all__ = ["CONFIG", "METRICS", "ADAPTER", "LOG", "CHECKPOINT", "check_resumable", "atomic_write", "check_new_run_dir", "staged_run_dir",
+__all__ = ["CONFIG", "METRICS", "ADAPTER", "LOG", "CHECKPOINT", "is_finished", "check_resumable", "atomic_write", "check_new_run_dir", "staged_run_dir",
            "write_csv", "write_json", "write_tensors", "read_json", "read_tensors"]
 
 CONFIG, METRICS, ADAPTER, LOG = "config.json", "metrics.json", "adapter.safetensors", "log.csv"
 CHECKPOINT = "checkpoint.pt"  # the training state after the last finished epoch (removed once the run is done)
+
+
+def is_finished(run: Path) -> bool:
+    """A run is finished exactly when its metrics.json exists: the result files are written one by one,
+    atomically, metrics.json last."""
+    return (Path(run) / METRICS).is_file()
 
 
 def resume_or_clear(out: Path) -> bool:
