@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medvtab.data.leakage import first_copies, image_digest, leak_pairs, leakage_warnings, registry_name
+from medvtab.data.leakage import first_copies, image_digest, leak_pairs, leakage_warnings, catalogue_name
 from medvtab.data.taskdata import Split
 
 
@@ -41,4 +41,4 @@ def test_leakage_warnings():
     assert leakage_warnings("pneumoniamnist_28", [("dinov2", ("lvd-142m",)), ("m", ("kermany-cxr",))]) != []
     assert len(leakage_warnings("/x/kermany_cxr_64.npz", [("a", ("pneumoniamnist",)), ("b", ("kermany-cxr",))])) == 2
     assert "itself" in leakage_warnings("kermany-cxr", [("b", ("kermany-cxr",))])[0]
-    assert registry_name("bad") is None and registry_name("BreastMNIST") == "breastmnist"
+    assert catalogue_name("bad") is None and catalogue_name("BreastMNIST") == "breastmnist"

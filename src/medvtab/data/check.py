@@ -161,8 +161,6 @@ class CheckReport:
         return "\n".join(lines)
 
 
-
-
 def _ranges(values) -> str:
     """[2, 3, 4, 8] -> '2..4, 8'."""
     values = sorted(int(v) for v in values)

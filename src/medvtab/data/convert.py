@@ -297,9 +297,9 @@ READERS = {"imagefolder": _imagefolder, "csv": _csv, "npz": _npz, "dicom": _dico
 
 # ---------------------------------------------------------------- prepare
 
-def _classes(labels: list, registry_names: list[str] | None, given_names) -> tuple[np.ndarray, list[str]]:
-    """(label indices, class names). Integer labels are indices; names are sorted (registry order where the
-    registry names exactly those classes)."""
+def _classes(labels: list, catalogue_names: list[str] | None, given_names) -> tuple[np.ndarray, list[str]]:
+    """(label indices, class names). Integer labels are indices; names are sorted (catalogue order where the
+    catalogue names exactly those classes)."""
     try:
         ints = [int(str(v)) for v in labels]
     except ValueError:
@@ -309,12 +309,12 @@ def _classes(labels: list, registry_names: list[str] | None, given_names) -> tup
         if y.min() < 0:
             raise MedvtabError(f"negative label {y.min()}")
         k = int(y.max()) + 1
-        for names in (given_names, registry_names):
+        for names in (given_names, catalogue_names):
             if names and len(names) >= k:
                 return y, [str(c) for c in names]
         return y, [str(i) for i in range(k)]
     present = sorted({str(v) for v in labels})
-    names = list(registry_names) if registry_names and set(present) <= set(registry_names) else present
+    names = list(catalogue_names) if catalogue_names and set(present) <= set(catalogue_names) else present
     index = {c: i for i, c in enumerate(names)}
     return np.array([index[str(v)] for v in labels], dtype=np.int64), names
 

@@ -75,10 +75,10 @@ def leak_pairs(names) -> list[tuple[str, str]]:
     return [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if a in ("train", "val")]
 
 
-def registry_name(task_name: str) -> str | None:
-    """The registered task a task name (or data file stem) refers to, or None for user data.
+def catalogue_name(task_name: str) -> str | None:
+    """The catalogue task a task name (or data file stem) refers to, or None for user data.
 
-    Exact registry names (case, spaces, underscores forgiven); a MedMNIST-style size suffix is dropped
+    Exact catalogue names (case, spaces, underscores forgiven); a MedMNIST-style size suffix is dropped
     (``pneumoniamnist_28`` -> ``pneumoniamnist``, ``kermany_cxr_64`` -> ``kermany-cxr``); a path or a
     ``.npz`` name counts by its stem.
     """
@@ -97,18 +97,18 @@ def leakage_warnings(task_name: str, backbones_pretrained_on: list[tuple[str, tu
     """One message per (backbone, pre-training task) pair built from the same images as ``task_name``.
 
     ``backbones_pretrained_on`` is ``[(backbone name, BackboneInfo.pretrained_on), ...]``. A task that is not
-    in the registry (user data) gives no warning; pre-training names that are not registry tasks
+    in the catalogue (user data) gives no warning; pre-training names that are not catalogue tasks
     (``lvd-142m``, ``pmc-15m``) cannot be matched to images and are passed over.
     """
-    task = registry_name(task_name)
+    task = catalogue_name(task_name)
     if task is None:
         return []
     out = []
     for backbone, pretrained_on in backbones_pretrained_on:
         if isinstance(pretrained_on, str):
             pretrained_on = (pretrained_on,)
-        known = tuple(n for n in pretrained_on if registry_name(n) is not None)
-        for other in overlapping_sources(task, tuple(registry_name(n) for n in known)):
+        known = tuple(n for n in pretrained_on if catalogue_name(n) is not None)
+        for other in overlapping_sources(task, tuple(catalogue_name(n) for n in known)):
             what = f"{other} itself" if other == task else f"{other}, which shares source images with {task}"
             out.append(f"backbone '{backbone}' was pre-trained on {what}: results on it are not a fair test")
     return out

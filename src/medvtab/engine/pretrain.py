@@ -213,9 +213,9 @@ def linear_probe(backbone, train: tuple[torch.Tensor, np.ndarray], test: tuple[t
 def data_name(path: Path) -> str:
     """A registered task name for the file where there is one (``pbc_28.npz`` -> ``pbc``), else its stem
     without a trailing size (``cifar10_32.npz`` -> ``cifar10``)."""
-    from medvtab.data.leakage import registry_name
+    from medvtab.data.leakage import catalogue_name
 
-    return registry_name(str(path)) or re.sub(r"[-_ ]\d+$", "", Path(path).stem)
+    return catalogue_name(str(path)) or re.sub(r"[-_ ]\d+$", "", Path(path).stem)
 
 
 def source_info(name: str) -> dict:

@@ -28,7 +28,7 @@ from dataclasses import asdict
 
 from medvtab.data.catalogue.bundled import BUNDLED_SETS
 from medvtab.data.catalogue.general import FGVC_AND_VTAB_1K
-from medvtab.data.catalogue.medvtab import MED_VTAB
+from medvtab.data.catalogue.med_vtab import MED_VTAB
 from medvtab.data.catalogue.taskinfo import BENCHMARKS, RAW_LAYOUTS, SLUG, TASK_TYPES, TaskInfo
 from medvtab.errors import MedvtabError
 
@@ -61,7 +61,7 @@ def get_task(name: str) -> TaskInfo:
 
 
 def list_tasks(benchmark: str | None = None, modality: str | None = None) -> list[TaskInfo]:
-    """Tasks in registry order, optionally filtered by benchmark and by modality (case-insensitive)."""
+    """Tasks in catalogue order, optionally filtered by benchmark and by modality (case-insensitive)."""
     if benchmark is not None and benchmark.lower() not in BENCHMARKS:
         raise MedvtabError(f"unknown benchmark '{benchmark}'; choose from {', '.join(BENCHMARKS)}")
     rows = [t for t in TASKS.values() if benchmark is None or t.benchmark == benchmark.lower()]
