@@ -32,7 +32,8 @@ from timm.models.vision_transformer import VisionTransformer
 from medvtab.atomic import atomic_write, write_json
 from medvtab.backbones import tiny
 from medvtab.backbones.vit import ViTBackbone
-from medvtab.data.leakage import image_digest
+from medvtab.data.catalogue import get_task
+from medvtab.data.leakage import catalogue_name, image_digest
 from medvtab.data.loading import read_npz
 from medvtab.data.splits import stratified_split
 from medvtab.errors import MedvtabError
@@ -213,14 +214,10 @@ def linear_probe(backbone, train: tuple[torch.Tensor, np.ndarray], test: tuple[t
 def data_name(path: Path) -> str:
     """A registered task name for the file where there is one (``pbc_28.npz`` -> ``pbc``), else its stem
     without a trailing size (``cifar10_32.npz`` -> ``cifar10``)."""
-    from medvtab.data.leakage import catalogue_name
-
     return catalogue_name(str(path)) or re.sub(r"[-_ ]\d+$", "", Path(path).stem)
 
 
 def source_info(name: str) -> dict:
-    from medvtab.data.catalogue import get_task
-
     if name in KNOWN_SOURCES:
         return dict(KNOWN_SOURCES[name])
     try:
