@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from medvtab.data.tasks import bundled_path
+from medvtab.data.loading import bundled_path
 
 
 @pytest.fixture(scope="session", autouse=True)

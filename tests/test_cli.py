@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from medvtab.data.tasks import bundled_path
+from medvtab.data.loading import bundled_path
 
 TRAIN_ARGS = ["--train-size", "64", "--epochs", "1", "--batch-size", "32"]
 RUN_FILES = ["adapter.safetensors", "config.json", "log.csv", "metrics.json", "splits.json"]

@@ -180,7 +180,7 @@ def predict(
     import numpy as np
     import torch
 
-    from medvtab.data.tasks import read_image
+    from medvtab.data.images import read_image
     from medvtab.engine.loop import to_probs
     from medvtab.engine.metrics import THRESHOLD
     from medvtab.engine.run import load_run

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from medvtab.backbones import load_backbone, tiny
-from medvtab.data.check import leakage_warnings
+from medvtab.data.leakage import leakage_warnings
 from medvtab.engine.pretrain import (drop_train_duplicates, linear_probe, random_init_backbone, sha256,
                                      to_input)
 from medvtab.errors import MedvtabError

@@ -15,7 +15,7 @@ from PIL import Image
 
 from medvtab.data import manifest
 from medvtab.data.convert import prepare
-from medvtab.data.tasks import bundled_path, load_task
+from medvtab.data.loading import bundled_path, load_task
 from medvtab.errors import MedvtabError
 
 SIZE = 28  # the bundled images' size: no resizing, so pixel values can be checked exactly

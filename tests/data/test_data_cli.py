@@ -38,7 +38,7 @@ def real(rel: str) -> Path:
 
 
 def test_list_json_has_every_task():
-    from medvtab.data.registry import TASKS, list_tasks
+    from medvtab.data.catalogue import TASKS, list_tasks
 
     proc = run("list", "--json")
     assert proc.returncode == 0, proc.stderr

@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medvtab.data import tasks
+from medvtab.data.leakage import first_copies
+from medvtab.data.loading import bundled_path, load_task
 from medvtab.data.protocols import (Protocol, check_patient_disjoint, check_protocol, load_protocol_task,
                                     resplit, splits_record)
-from medvtab.data.tasks import Split, apportion, bundled_path, first_copies, load_task
+from medvtab.data.taskdata import Split
 from medvtab.errors import MedvtabError
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -278,40 +279,6 @@ def test_splits_record_of_patient_ood_counts_patients(kermany_ood):
     assert np.array_equal(back.extra_tests["unseen"].patient_ids, kermany_ood.extra_tests["unseen"].patient_ids)
 
 
-# --- task names under a data root -----------------------------------------------------------------------
-
-def test_registered_names_resolve_under_the_data_root(tmp_path, monkeypatch):
-    """pbc is the one registered real set not bundled: it resolves under --data-root / $MEDVTAB_DATA."""
-    source = need(SHARED / "pbc" / "pbc_28.npz")
-    with pytest.raises(MedvtabError, match=rf"task 'pbc': not found under data root {tmp_path} "
-                                           rf"\(expected {tmp_path / 'pbc' / 'pbc_28.npz'}\)"):
-        load_task("pbc", data_root=tmp_path)
-    (tmp_path / "pbc").mkdir()
-    (tmp_path / "pbc" / "pbc_28.npz").symlink_to(source)
-    data = load_task("PBC", data_root=tmp_path)
-    assert data.name == "pbc" and data.sizes() == {"train": 11965, "val": 1708, "test": 3419}
-    monkeypatch.setenv("MEDVTAB_DATA", str(tmp_path))
-    assert load_task("pbc").source == str(tmp_path / "pbc" / "pbc_28.npz")
-    # the bundled copies win over the data root
-    for name in ("retinamnist", "pneumoniamnist", "breastmnist", "kermany-cxr"):
-        assert load_task(name).source == str(bundled_path(name))
-
-
-def test_no_data_root_is_a_named_error(monkeypatch):
-    monkeypatch.delenv("MEDVTAB_DATA", raising=False)
-    monkeypatch.setattr(tasks, "default_data_root", lambda: None)
-    with pytest.raises(MedvtabError, match=r"task 'pbc'.*--data-root.*pbc/pbc_28\.npz"):
-        load_task("pbc")
-
-
-def test_default_data_root_is_shared_data_beside_the_project(monkeypatch):
-    monkeypatch.delenv("MEDVTAB_DATA", raising=False)
-    if not SHARED.is_dir():
-        pytest.skip("../shared/data absent")
-    assert tasks.default_data_root() == SHARED
-    assert load_task("pbc").source == str(SHARED / "pbc" / "pbc_28.npz")
-
-
 # --- option checks ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("protocol,options,words", [
@@ -344,12 +311,3 @@ def test_protocol_names_and_aliases():
     assert check_protocol("Patient_OOD", seen=1, unseen=1).name == "patient-ood"
     assert check_protocol("vtab-1k").name == "vtab1k"
     assert check_protocol("standard", train_size=10).record() == {"name": "standard"}
-
-
-def test_apportion_is_exact_and_keeps_every_class():
-    assert apportion([500, 300, 2], 100).tolist() == [62, 37, 1]
-    assert apportion([10, 10], 3).sum() == 3 and apportion([7, 1, 1, 1], 3).sum() == 3  # fewer than the classes
-    assert apportion([5, 0, 5], 4).tolist() == [2, 0, 2]
-    for counts, n in (([7, 1, 1, 1], 4), ([1000, 1, 1], 10), ([3, 3, 3], 9)):
-        got = apportion(counts, n)
-        assert got.sum() == n and (got <= counts).all() and (got >= 1).all(), (counts, got)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from medvtab.data.tasks import bundled_path
+from medvtab.data.loading import bundled_path
 from medvtab.engine.loop import TrainConfig
 from medvtab.engine.run import train_run
 from medvtab.errors import MedvtabError

@@ -19,8 +19,8 @@ import torch
 from safetensors import safe_open
 
 from medvtab.backbones import load_backbone, tiny
-from medvtab.engine.pretrain import (augment, digests, drop_train_duplicates, features, lr_at,
-                                     random_init_backbone, to_input)
+from medvtab.data.leakage import image_digest
+from medvtab.engine.pretrain import augment, drop_train_duplicates, features, lr_at, random_init_backbone, to_input
 from medvtab.errors import MedvtabError
 
 DATA = Path(os.environ.get("MEDVTAB_DATA", "/work/shared/data"))
@@ -148,7 +148,7 @@ def test_duplicates_of_train_images_are_dropped_from_test():
     test_images = np.concatenate([train[[2, 7]], rng.integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)])
     (images, labels), dropped = drop_train_duplicates((test_images, np.arange(5)), train)
     assert dropped == 2 and labels.tolist() == [2, 3, 4] and len(images) == 3
-    assert len(set(digests(train))) == 10
+    assert len({image_digest(im) for im in train}) == 10
 
 
 def test_inputs_are_area_resized_and_augmentation_keeps_shapes():

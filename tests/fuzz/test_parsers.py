@@ -58,7 +58,7 @@ def arrays(draw):
 @example({"train_images": np.zeros((2, 4, 4), np.uint8), "train_labels": np.array([[0, 1, 2]])})
 @example({"images": np.zeros((3, 4, 4), np.uint8), "labels": np.zeros((3, 2), np.int64)})
 def test_npz_tasks(tmp_path_factory, content):
-    from medvtab.data.tasks import load_task
+    from medvtab.data.loading import load_task
 
     path = fresh(tmp_path_factory, "npz") / "task.npz"
     np.savez(path, **content)
@@ -68,7 +68,7 @@ def test_npz_tasks(tmp_path_factory, content):
 @FUZZ
 @given(st.binary(max_size=300))
 def test_npz_bytes(tmp_path_factory, data):
-    from medvtab.data.tasks import load_task
+    from medvtab.data.loading import load_task
 
     path = fresh(tmp_path_factory, "npzb") / "task.npz"
     path.write_bytes(data)
@@ -97,7 +97,7 @@ def test_prepared_directories(tmp_path_factory, meta, rows, images):
     import csv
 
     from medvtab.data.manifest import COLUMNS
-    from medvtab.data.tasks import load_task
+    from medvtab.data.loading import load_task
 
     root = fresh(tmp_path_factory, "prep")
     (root / "task.json").write_text(json.dumps(meta) if isinstance(meta, dict) else meta)

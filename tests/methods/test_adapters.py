@@ -8,7 +8,7 @@ from timm.layers import Mlp
 
 from medvtab.backbones import load_backbone
 from medvtab.data import load_task
-from medvtab.data.tasks import bundled_path
+from medvtab.data.loading import bundled_path
 from medvtab.engine.loop import TrainConfig, as_tensor
 from medvtab.engine.run import load_run, train_run
 from medvtab.errors import MedvtabError

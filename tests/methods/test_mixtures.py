@@ -10,7 +10,7 @@ from timm.models.vision_transformer import VisionTransformer
 from medvtab.backbones import load_backbone
 from medvtab.backbones.vit import ViTBackbone
 from medvtab.data import load_task
-from medvtab.data.tasks import bundled_path
+from medvtab.data.loading import bundled_path
 from medvtab.engine.loop import TrainConfig, as_tensor
 from medvtab.engine.run import load_run, train_run
 from medvtab.errors import MedvtabError

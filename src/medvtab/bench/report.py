@@ -382,7 +382,7 @@ def by_row_task(runs: list[Run]) -> dict[tuple, dict[str, list[Run]]]:
 
 def modality(task: str) -> str:
     """'colour', 'x-ray' or 'other' from the task registry (unregistered tasks: 'other')."""
-    from medvtab.data.registry import get_task
+    from medvtab.data.catalogue import get_task
     try:
         mod = get_task(task).modality
     except (MedvtabError, KeyError, ValueError):
@@ -527,7 +527,7 @@ def header(bench: Bench, out: Path) -> list[tuple[str, str]]:
 
 def tasks_section(bench: Bench) -> Section:
     rows = []
-    from medvtab.data.registry import get_task
+    from medvtab.data.catalogue import get_task
     for task in _ordered(r.spec.task for r in bench.runs):
         runs = [r for r in bench.runs if r.spec.task == task]
         done = [r for r in runs if r.finished]

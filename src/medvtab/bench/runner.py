@@ -255,7 +255,7 @@ def check_device(device: str, local: bool) -> None:
 def preflight(specs: list[RunSpec], data_root: str | Path | None, *, backbones: bool = True) -> None:
     """Stop before the first run on what would fail every run: a task that does not resolve, a backbone spec
     that does not load (weights are loaded once here, strictly)."""
-    from medvtab.data.tasks import resolve_task
+    from medvtab.data.loading import resolve_task
 
     for task in dict.fromkeys(s.task for s in specs):
         resolve_task(task, data_root)
@@ -402,7 +402,7 @@ def print_dry_run(root: Path, specs: list[RunSpec], *, data_root: str | Path | N
     from rich.console import Console
     from rich.table import Table
 
-    from medvtab.data.tasks import resolve_task
+    from medvtab.data.loading import resolve_task
 
     console = console or Console(highlight=False, soft_wrap=True)
     root = Path(root)

@@ -1,4 +1,5 @@
 """Tasks: loading images and labels into memory, with splits."""
-from medvtab.data.tasks import Split, TaskData, load_task
+from medvtab.data.loading import load_task
+from medvtab.data.taskdata import Split, TaskData
 
 __all__ = ["Split", "TaskData", "load_task"]

@@ -1,8 +1,8 @@
 """Data checks: find the defects that silently spoil a benchmark number before a model is trained on them.
 
-:func:`check_task` checks a loaded :class:`~medvtab.data.tasks.TaskData` (the engine calls it before training);
-:func:`check_source` checks anything :func:`~medvtab.data.tasks.load_task` accepts, and also what only the
-source shows: every ImageFolder file is decoded (a truncated or unreadable file is named), and a defect that
+:func:`check_task` checks a loaded :class:`~medvtab.data.taskdata.TaskData` (the engine calls it before
+training); :func:`check_source` checks anything :func:`~medvtab.data.loading.load_task` accepts, and also what
+only the source shows: every ImageFolder file is decoded (a truncated or unreadable file is named), and a defect that
 makes ``load_task`` itself refuse the task becomes a failed check instead of an exception (``labels in range``
 for the label defects it refuses, else ``load``; the data checks are then reported as skipped).
 
@@ -14,9 +14,9 @@ Errors (``CheckReport.ok`` is False, ``medvtab data check`` exits 1):
   2..8 empty; where the source names its classes, a named class without training images is empty too.
 - ``images readable``: ImageFolder files that do not decode (all are tried; the rest of the checks then run on
   the readable ones).
-- ``duplicates across splits``: byte-identical images (:func:`image_digest`) in two splits of which one is
-  fitted on (train) or selects the model (val); a test image that is also a training image measures memory,
-  not generalisation. Two evaluation sets (test and a further test set in ``TaskData.extra_tests``) may
+- ``duplicates across splits``: identical images (:func:`~medvtab.data.leakage.image_digest`) in two splits
+  of which one is fitted on (train) or selects the model (val); a test image that is also a training image
+  measures memory, not generalisation. Two evaluation sets (test and a further test set in ``TaskData.extra_tests``) may
   share images.
 - ``patients across splits``: a patient id in more than one split, same pairs (only where the splits carry
   ``patient_ids``; a task without them shows this check as skipped).
@@ -24,9 +24,10 @@ Errors (``CheckReport.ok`` is False, ``medvtab data check`` exits 1):
 Warnings (reported, ``ok`` stays True):
 
 - ``duplicates across splits (source's own split)``: cross-split duplicates that are *known* to be in a
-  public source's official split, pinned image by image in :data:`OFFICIAL_SPLIT_DUPLICATES` (found by this
-  check on the MedMNIST v2 files in /work/shared/data: breastmnist_28 has one train/test copy, labelled
-  malignant in train and normal/benign in test; pneumoniamnist_28 has 8 images in both train and val).
+  public source's official split, pinned image by image in
+  :data:`~medvtab.data.leakage.OFFICIAL_SPLIT_DUPLICATES` (found by this check on the MedMNIST v2 files in
+  /work/shared/data: breastmnist_28 has one train/test copy, labelled malignant in train and normal/benign
+  in test; pneumoniamnist_28 has 8 images in both train and val).
   They are shown every time, with their indices, but do not fail the check: the official split is what
   published results use. Any other cross-split duplicate, in the same file or elsewhere, is an error.
 - ``duplicates within a split``: only where the copies carry different labels (label noise); identical
@@ -35,7 +36,8 @@ Warnings (reported, ``ok`` stays True):
 - ``tiny splits``: a split with fewer than 10 images, or a class with fewer than 2 images in an evaluation
   split (val, test, further test sets).
 
-:func:`leakage_warnings` is separate: it needs the backbones, which a data check does not load.
+:func:`~medvtab.data.leakage.leakage_warnings` is separate: it needs the backbones, which a data check does not
+load.
 """
 from __future__ import annotations
 
@@ -47,9 +49,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medvtab.data import tasks as _tasks
-from medvtab.data.registry import get_task, overlapping_sources
-from medvtab.data.tasks import TaskData, image_digest, load_task
+from medvtab.data.images import read_image
+from medvtab.data.leakage import image_digest, leak_pairs, official_source
+from medvtab.data.loading import class_folder_files, load_task, resolve_task
+from medvtab.data.taskdata import TaskData
 from medvtab.errors import MedvtabError
 
 SPLITS = ("train", "val", "test")
@@ -70,21 +73,6 @@ PROTOCOL_SHARED_PATIENTS: dict[str, tuple[tuple[str, str], ...]] = {
     "patient-ood": (("train", "val"), ("train", "test"), ("val", "test")),
 }
 LOAD_LABEL_ERROR = re.compile(r"negative label|label -?\d+ out of range")
-
-# Cross-split exact duplicates that a public source's *official* split contains, by image digest
-# (:func:`image_digest` of the image as load_task returns it). Found with this module on the MedMNIST v2
-# files in /work/shared/data (28 px); any other cross-split duplicate stays an error.
-OFFICIAL_SPLIT_DUPLICATES: dict[str, frozenset[str]] = {
-    # breastmnist_28: train[115] == test[76], labelled 0 (malignant) in train and 1 (normal/benign) in test.
-    "breastmnist": frozenset({"c5767ee63d8ac02941b3d127254b2641"}),
-    # pneumoniamnist_28: 8 val images (10 train/val index pairs), all labelled 1 (pneumonia) on both sides.
-    "pneumoniamnist": frozenset({
-        "3d3c7089d1283b35b0db67baedd2fc7a", "499399c7c151dd103920ba7403fb1848", "66623fa041d4c94e150925b1f0b19034",
-        "ab07be62310998c03967202c763c2a13", "be69bff9326f8bcee2cc4d19752176d9", "d8715be6fbd42f060e27a9dd2a9d0d7f",
-        "de1e48e9104c4d934e67c30b8561f01a", "eb76d6fdc10187d39e20fecf7581f136",
-    }),
-}
-
 
 @dataclass(frozen=True)
 class Finding:
@@ -173,8 +161,6 @@ class CheckReport:
         return "\n".join(lines)
 
 
-
-
 def _ranges(values) -> str:
     """[2, 3, 4, 8] -> '2..4, 8'."""
     values = sorted(int(v) for v in values)
@@ -196,13 +182,6 @@ def _splits(data: TaskData) -> dict:
     """train, val, test and any further test sets (``TaskData.extra_tests``, where the loader has them)."""
     splits = data.splits() if hasattr(data, "splits") else {}
     return splits or {name: getattr(data, name) for name in SPLITS}
-
-
-def _leak_pairs(names) -> list[tuple[str, str]]:
-    """Split pairs where sharing an image or a patient leaks: one side is fitted on (train) or used to select
-    the model (val). Two evaluation sets (test and a further test set) may share images."""
-    names = list(names)
-    return [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if a in ("train", "val")]
 
 
 def _check_labels(data: TaskData, report: CheckReport) -> None:
@@ -275,13 +254,6 @@ def _check_classes(data: TaskData, report: CheckReport) -> None:
     report.stats["class_counts"] = {name: c.tolist() for name, c in counts.items()}
 
 
-def _known_source(digest: str) -> str | None:
-    for source, digests in OFFICIAL_SPLIT_DUPLICATES.items():
-        if digest in digests:
-            return source
-    return None
-
-
 def _check_duplicates(data: TaskData, report: CheckReport) -> None:
     splits = _splits(data)
     where: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
@@ -293,10 +265,10 @@ def _check_duplicates(data: TaskData, report: CheckReport) -> None:
         s = splits[split]
         return int(s.labels[i]) if s.targets is None else tuple(s.targets[i].tolist())
 
-    pairs_of = {d: [(a, b) for a, b in _leak_pairs(splits) if a in w and b in w] for d, w in where.items()}
+    pairs_of = {d: [(a, b) for a, b in leak_pairs(splits) if a in w and b in w] for d, w in where.items()}
     stats = {}
     for known in (False, True):
-        groups = {d: where[d] for d, p in pairs_of.items() if p and (_known_source(d) is not None) == known}
+        groups = {d: where[d] for d, p in pairs_of.items() if p and (official_source(d) is not None) == known}
         if not groups:
             continue
         pairs = defaultdict(list)  # (split_a, split_b) -> [(i, j, labels differ)]
@@ -312,7 +284,7 @@ def _check_duplicates(data: TaskData, report: CheckReport) -> None:
         text = (f"{_plural(len(groups), 'distinct image')} in more than one split; " + "; ".join(per_pair)
                 + (f"; {conflicting} of them with different labels in different splits" if conflicting else ""))
         if known:
-            sources = sorted({_known_source(d) for d in groups})
+            sources = sorted({official_source(d) for d in groups})
             report.findings.append(Finding(
                 SOURCE_SPLIT, "warning",
                 text + f" - known duplicates of the official {', '.join(sources)} split, kept as published"))
@@ -368,7 +340,7 @@ def _check_patients(data: TaskData, report: CheckReport, allowed: set[tuple[str,
                                            f"{name}: {len(pids)} patient ids for {len(split)} images"))
         sets[name] = set(pids.tolist())
     shared = {}
-    for a, b in _leak_pairs(sets):
+    for a, b in leak_pairs(sets):
         both = sorted(sets[a] & sets[b], key=str)
         if both:
             shared[f"{a}/{b}"] = both
@@ -415,22 +387,11 @@ def check_task(data: TaskData, *, allow_shared_patients=()) -> CheckReport:
 
 # ---------------------------------------------------------------------------------------------- sources
 
-def _imagefolder_files(root: Path) -> list[Path]:
-    """The files ``load_task`` reads from an ImageFolder: root/CLASS/** or root/{train,val,test}/CLASS/**."""
-    split_dirs = [root / s for s in SPLITS if (root / s).is_dir()]
-    parents = split_dirs or [root]
-    files = []
-    for parent in parents:
-        for d in sorted(p for p in parent.iterdir() if p.is_dir()):
-            files += sorted(f for f in d.rglob("*") if f.is_file() and f.suffix.lower() in _tasks.IMAGE_SUFFIXES)
-    return files
-
-
 def _decode_all(files: list[Path]) -> list[tuple[Path, str]]:
     bad = []
     for f in files:
         try:
-            _tasks.read_image(f, 8)
+            read_image(f, 8)
         except MedvtabError as err:
             bad.append((f, str(err).removeprefix(f"{f}: ")))
         except Exception as err:  # noqa: BLE001 - a decoder failure of any kind is what this check reports
@@ -446,14 +407,14 @@ def check_source(task: str, *, seed: int = 0, image_size: int = 224,
     registered real set without its file) raises MedvtabError: a usage error, not a data defect. Every
     defect of the data itself ends up in the report.
     """
-    path, name = _tasks.resolve_task(task, data_root)
+    path, name = resolve_task(task, data_root)
     if not (path.is_dir() or (path.is_file() and path.suffix == ".npz")):
         load_task(task, seed=seed, image_size=image_size, data_root=data_root)  # raises its one-line error
         raise MedvtabError(f"task '{task}': expected a .npz file or an ImageFolder directory")  # pragma: no cover
     bad: list[tuple[Path, str]] = []
     files: list[Path] = []
     if path.is_dir():
-        files = _imagefolder_files(path)
+        files = [f for f, _, _ in class_folder_files(path)]  # what load_task reads
         bad = _decode_all(files)
     try:
         if bad:
@@ -493,44 +454,3 @@ def check_source(task: str, *, seed: int = 0, image_size: int = 224,
                 f"{f'; ... ({len(bad) - EXAMPLES} more)' if len(bad) > EXAMPLES else ''}"))
             report.stats["unreadable_files"] = [str(f.relative_to(path)) for f, _ in bad]
     return report
-
-
-# ---------------------------------------------------------------------------------------------- leakage
-
-def registry_name(task_name: str) -> str | None:
-    """The registered task a task name (or data file stem) refers to, or None for user data.
-
-    Exact registry names (case, spaces, underscores forgiven); a MedMNIST-style size suffix is dropped
-    (``pneumoniamnist_28`` -> ``pneumoniamnist``, ``kermany_cxr_64`` -> ``kermany-cxr``); a path or a
-    ``.npz`` name counts by its stem.
-    """
-    name = str(task_name)
-    if "/" in name or name.endswith(".npz"):
-        name = Path(name).stem
-    for candidate in (name, re.sub(r"[-_ ]\d+$", "", name)):
-        try:
-            return get_task(candidate).name
-        except MedvtabError:
-            continue
-    return None
-
-
-def leakage_warnings(task_name: str, backbones_pretrained_on: list[tuple[str, tuple[str, ...]]]) -> list[str]:
-    """One message per (backbone, pre-training task) pair built from the same images as ``task_name``.
-
-    ``backbones_pretrained_on`` is ``[(backbone name, BackboneInfo.pretrained_on), ...]``. A task that is not
-    in the registry (user data) gives no warning; pre-training names that are not registry tasks
-    (``lvd-142m``, ``pmc-15m``) cannot be matched to images and are passed over.
-    """
-    task = registry_name(task_name)
-    if task is None:
-        return []
-    out = []
-    for backbone, pretrained_on in backbones_pretrained_on:
-        if isinstance(pretrained_on, str):
-            pretrained_on = (pretrained_on,)
-        known = tuple(n for n in pretrained_on if registry_name(n) is not None)
-        for other in overlapping_sources(task, tuple(registry_name(n) for n in known)):
-            what = f"{other} itself" if other == task else f"{other}, which shares source images with {task}"
-            out.append(f"backbone '{backbone}' was pre-trained on {what}: results on it are not a fair test")
-    return out

@@ -24,7 +24,7 @@ def list_(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of every field instead of a table."),
 ):
     """List every registered task (metadata only; nothing is downloaded)."""
-    from medvtab.data.registry import list_tasks, task_dict
+    from medvtab.data.catalogue import list_tasks, task_dict
 
     rows = list_tasks(benchmark, modality)
     if as_json:
@@ -47,7 +47,7 @@ def list_(
 @data_app.command()
 def info(task: str = typer.Argument(..., help="A registered task name (see `medvtab data list`).")):
     """Print one task's metadata as JSON."""
-    from medvtab.data.registry import get_task, task_dict
+    from medvtab.data.catalogue import get_task, task_dict
 
     print(json.dumps(task_dict(get_task(task)), indent=2))
 

@@ -16,7 +16,7 @@ Layouts:
   column, a path component ``patientNNNNN`` (CheXpert's layout) is the patient id and ``studyN`` the study.
   An image path that resolves (symlinks and ``..`` followed) outside RAW is refused unless
   ``--allow-outside-root``; the manifest then records its absolute path.
-- ``npz``: a MedMNIST-style or pooled ``.npz`` (read as :func:`medvtab.data.tasks.load_task` reads it).
+- ``npz``: a MedMNIST-style or pooled ``.npz`` (read as :func:`medvtab.data.loading.load_task` reads it).
 - ``dicom``: ``RAW/CLASS/**/*.dcm`` (or ``RAW/{train,val,test}/CLASS/**``), read with pydicom. Policy:
   pixel values go through RescaleSlope / RescaleIntercept; CT (Modality CT) is windowed (``--window
   center,width``, default soft tissue 40,400: values clipped to [c - w/2, c + w/2] and scaled to 0..255);
@@ -41,16 +41,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from medvtab.atomic import staged_run_dir
 from medvtab.data import manifest
-from medvtab.data.tasks import IMAGE_SUFFIXES, _load_npz, read_image
+from medvtab.data.catalogue import get_task, task_dict
+from medvtab.data.dicom_nifti import DEFAULT_SLICES, DEFAULT_WINDOW, nifti_stem, read_dicom, read_nifti
+from medvtab.data.images import IMAGE_SUFFIXES, grey_to_rgb_if_mixed, read_image, resize
+from medvtab.data.loading import class_folder_files, read_npz
 from medvtab.errors import MedvtabError
 
 LAYOUTS = ("imagefolder", "csv", "npz", "dicom", "nifti")
-DEFAULT_WINDOW = (40.0, 400.0)  # CT soft tissue: centre, width (HU)
-DEFAULT_SLICES = 8
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                "dev": "val", "test": "test", "testing": "test"}
 IMAGE_COLUMNS = ("image", "image_path", "path", "file", "filename", "file_name", "img", "image_id", "id_code",
@@ -59,8 +59,6 @@ PATIENT_COLUMNS = ("patient_id", "patient", "patientid")
 SPLIT_COLUMNS = ("split", "subset", "fold_split")
 STUDY_COLUMNS = ("study_id", "study")
 MAX_NAMED = 5
-
-
 UNCERTAIN_POLICIES = ("ignore", "zeros", "ones")
 MULTI_SEPARATORS = "|;"
 
@@ -74,30 +72,6 @@ class Item:
     split: str = ""
 
 
-def _resize(arr: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (H, W) or (H, W, C) -> uint8 (size, size, 1|3), bilinear."""
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    img = Image.fromarray(np.ascontiguousarray(arr))
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
-    out = np.asarray(img, dtype=np.uint8)
-    return out[..., None] if out.ndim == 2 else out
-
-
-def _scale(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    x = np.clip(x.astype(np.float64), lo, hi)
-    return np.zeros(x.shape, np.uint8) if hi <= lo else np.round((x - lo) * (255.0 / (hi - lo))).astype(np.uint8)
-
-
-def _minmax(x: np.ndarray) -> np.ndarray:
-    return _scale(x, float(np.min(x)), float(np.max(x))) if x.size else x.astype(np.uint8)
-
-
-def _why(err: Exception) -> str:
-    return str(err).splitlines()[0][:120] if str(err).strip() else type(err).__name__
-
-
 def _fail_many(what: str, bad: list[tuple[Path, str]]) -> None:
     if bad:
         named = "; ".join(f"{p} ({why})" for p, why in bad[:MAX_NAMED])
@@ -105,79 +79,20 @@ def _fail_many(what: str, bad: list[tuple[Path, str]]) -> None:
         raise MedvtabError(f"{len(bad)} unreadable {what} file(s): {named}{more}")
 
 
-def _walk(root: Path, match) -> list[tuple[Path, str, str]]:
-    """(file, class, split) for ``root/CLASS/**`` or ``root/{train,val,test}/CLASS/**``, sorted."""
-    split_dirs = [s for s in ("train", "val", "test") if (root / s).is_dir()]
-    tops = [(root / s, s) for s in split_dirs] if split_dirs else [(root, "")]
-    out = []
-    for top, split in tops:
-        for d in sorted(p for p in top.iterdir() if p.is_dir()):
-            out += [(f, d.name, split) for f in sorted(d.rglob("*")) if f.is_file() and match(f)]
-    if not out:
+def _walk(root: Path, match=None) -> list[tuple[Path, str, str]]:
+    """:func:`~medvtab.data.loading.class_folder_files`, an error where there are none."""
+    found = class_folder_files(root, match)
+    if not found:
         raise MedvtabError(f"{root}: no matching files in class folders (expected RAW/CLASS/... or "
                            f"RAW/{{train,val,test}}/CLASS/...)")
-    return out
-
-
-# ---------------------------------------------------------------- DICOM and NIfTI readers
-
-def read_dicom(path: Path, window: tuple[float, float] = DEFAULT_WINDOW) -> tuple[np.ndarray, str, str]:
-    """(uint8 (H, W) or (H, W, 3), patient id, study id) under the module's DICOM policy."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(str(path))
-        arr = np.asarray(ds.pixel_array)
-    except Exception as err:  # noqa: BLE001 - pydicom raises many types for bad or unsupported files
-        raise MedvtabError(f"{path}: unreadable DICOM ({_why(err)})") from None
-    colour = int(getattr(ds, "SamplesPerPixel", 1) or 1) == 3
-    if arr.ndim == (4 if colour else 3):  # multi-frame: the middle frame
-        arr = arr[arr.shape[0] // 2]
-    slope, intercept = getattr(ds, "RescaleSlope", 1), getattr(ds, "RescaleIntercept", 0)
-    x = arr.astype(np.float64) * float(1 if slope in (None, "") else slope) + float(intercept or 0)
-    if colour:
-        out = _minmax(x)
-    elif str(getattr(ds, "Modality", "")).upper() == "CT":
-        centre, width = window
-        out = _scale(x, centre - width / 2, centre + width / 2)
-    else:
-        out = _minmax(x)
-    if not colour and str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        out = 255 - out
-    return out, str(getattr(ds, "PatientID", "") or ""), str(getattr(ds, "StudyInstanceUID", "") or "")
-
-
-def nifti_stem(path: Path) -> str:
-    name = path.name
-    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else name[: -len(".nii")]
-
-
-def read_nifti(path: Path, slices: int = DEFAULT_SLICES) -> list[np.ndarray]:
-    """The middle ``slices`` axial slices, uint8 (H, W), under the module's NIfTI policy."""
-    import nibabel as nib
-
-    try:
-        img = nib.as_closest_canonical(nib.load(str(path)))
-        vol = np.asarray(img.dataobj, dtype=np.float64)
-    except Exception as err:  # noqa: BLE001 - nibabel raises many types for bad files
-        raise MedvtabError(f"{path}: unreadable NIfTI ({_why(err)})") from None
-    while vol.ndim > 3:
-        vol = vol[..., 0]
-    if vol.ndim == 2:
-        vol = vol[..., None]
-    if vol.ndim != 3 or not vol.size:
-        raise MedvtabError(f"{path}: expected a 3-D volume, got shape {vol.shape}")
-    scaled = _minmax(vol)
-    depth = vol.shape[2]
-    start = max(0, (depth - slices) // 2)
-    return [np.ascontiguousarray(np.rot90(scaled[:, :, z])) for z in range(start, min(depth, start + slices))]
+    return found
 
 
 # ---------------------------------------------------------------- layouts: (items, images, policy)
 
 def _imagefolder(src: Path, size: int, **_) -> tuple[list[Item], list[np.ndarray], dict]:
     items, images, bad = [], [], []
-    for f, cls, split in _walk(src, lambda f: f.suffix.lower() in IMAGE_SUFFIXES):
+    for f, cls, split in _walk(src):
         try:
             images.append(read_image(f, size))
         except MedvtabError as err:
@@ -196,7 +111,7 @@ def _dicom(src: Path, size: int, window=DEFAULT_WINDOW, **_) -> tuple[list[Item]
         except MedvtabError as err:
             bad.append((f.relative_to(src), str(err).split(": ", 1)[-1]))
             continue
-        images.append(_resize(arr, size))
+        images.append(resize(arr, size))
         items.append(Item(f.relative_to(src).as_posix(), cls, pid, study, split))
     _fail_many("DICOM", bad)
     policy = {"rescale": "RescaleSlope * value + RescaleIntercept",
@@ -217,7 +132,7 @@ def _nifti(src: Path, size: int, slices=DEFAULT_SLICES, **_) -> tuple[list[Item]
             continue
         vid = nifti_stem(f)
         for plane in planes:
-            images.append(_resize(plane, size))
+            images.append(resize(plane, size))
             items.append(Item(f.relative_to(src).as_posix(), cls, vid, vid, split))
     _fail_many("NIfTI", bad)
     policy = {"orientation": "closest canonical (RAS); 4-D: first volume", "plane": "axial, np.rot90(vol[:, :, z])",
@@ -233,7 +148,7 @@ def _npz(src: Path, size: int, **_) -> tuple[list[Item], list[np.ndarray], dict]
         if len(found) != 1:
             raise MedvtabError(f"{src}: expected one .npz file (or pass it as --src), found {len(found)}")
         src = found[0]
-    parts = _load_npz(src)
+    parts = read_npz(src)
     items, images = [], []
     for key in ("train", "val", "test", "pool"):
         if key not in parts:
@@ -244,7 +159,7 @@ def _npz(src: Path, size: int, **_) -> tuple[list[Item], list[np.ndarray], dict]
             name = "images" if key == "pool" else f"{key}_images"
             items.append(Item(f"{src.name}:{name}[{i}]", int(split.labels[i]), pid,
                               split="" if key == "pool" else key))
-            images.append(_resize(split.images[i], size))
+            images.append(resize(split.images[i], size))
     policy = {"resize": "bilinear", "class_names": parts.get("class_names")}
     return items, images, policy
 
@@ -363,7 +278,7 @@ def _csv(src: Path, size: int, csv_path=None, label_column=None, image_column=No
         study = (r[study_col] or "").strip() if study_col else _component(rel, r"study\d+")
         if path.suffix.lower() == ".dcm":
             arr, dpid, dstudy = read_dicom(path, window)
-            image, pid, study = _resize(arr, size), pid or dpid, study or dstudy
+            image, pid, study = resize(arr, size), pid or dpid, study or dstudy
         else:
             image = read_image(path, size)
         images.append(image)
@@ -382,9 +297,9 @@ READERS = {"imagefolder": _imagefolder, "csv": _csv, "npz": _npz, "dicom": _dico
 
 # ---------------------------------------------------------------- prepare
 
-def _classes(labels: list, registry_names: list[str] | None, given_names) -> tuple[np.ndarray, list[str]]:
-    """(label indices, class names). Integer labels are indices; names are sorted (registry order where the
-    registry names exactly those classes)."""
+def _classes(labels: list, catalogue_names: list[str] | None, given_names) -> tuple[np.ndarray, list[str]]:
+    """(label indices, class names). Integer labels are indices; names are sorted (catalogue order where the
+    catalogue names exactly those classes)."""
     try:
         ints = [int(str(v)) for v in labels]
     except ValueError:
@@ -394,12 +309,12 @@ def _classes(labels: list, registry_names: list[str] | None, given_names) -> tup
         if y.min() < 0:
             raise MedvtabError(f"negative label {y.min()}")
         k = int(y.max()) + 1
-        for names in (given_names, registry_names):
+        for names in (given_names, catalogue_names):
             if names and len(names) >= k:
                 return y, [str(c) for c in names]
         return y, [str(i) for i in range(k)]
     present = sorted({str(v) for v in labels})
-    names = list(registry_names) if registry_names and set(present) <= set(registry_names) else present
+    names = list(catalogue_names) if catalogue_names and set(present) <= set(catalogue_names) else present
     index = {c: i for i, c in enumerate(names)}
     return np.array([index[str(v)] for v in labels], dtype=np.int64), names
 
@@ -410,8 +325,6 @@ def prepare(task: str, src: str | Path, out: str | Path, *, layout: str | None =
             window: tuple[float, float] = DEFAULT_WINDOW, slices: int = DEFAULT_SLICES,
             uncertain: str = "ignore", allow_outside_root: bool = False) -> dict:
     """Convert ``src`` into the prepared directory ``out``; returns its task.json. See the module docstring."""
-    from medvtab.data.registry import get_task, task_dict
-
     src, out = Path(src), Path(out)
     try:
         info = get_task(task)
@@ -460,8 +373,7 @@ def prepare(task: str, src: str | Path, out: str | Path, *, layout: str | None =
     if len(class_names) < 2:
         raise MedvtabError(f"{src}: need at least 2 classes, found {len(class_names)}")
     channels = {im.shape[-1] for im in images}
-    if len(channels) > 1:  # mixed grey and colour: promote all to RGB
-        images = [np.repeat(im, 3, -1) if im.shape[-1] == 1 else im for im in images]
+    images = grey_to_rgb_if_mixed(images)
     meta = {"name": info.name if info else task, "task_type": "multi-label" if multi else "multi-class",
             "num_classes": len(class_names), "class_names": class_names,
             "source": str(src.resolve()), "layout": layout, "image_size": image_size,

@@ -1,5 +1,5 @@
-"""The prepared-directory format that ``medvtab data prepare`` writes and :func:`medvtab.data.tasks.load_task`
-reads.
+"""The prepared-directory format that ``medvtab data prepare`` writes and
+:func:`medvtab.data.loading.load_task` reads.
 
 A prepared directory holds:
 
@@ -23,12 +23,12 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from medvtab.data.taskdata import Split, multilabel_split
 from medvtab.errors import MedvtabError
 
 TASK_JSON = "task.json"
@@ -123,11 +123,9 @@ def _multilabel_rows(path: Path, rows: list[dict], width: int) -> np.ndarray:
 
 
 def load_prepared(path: Path):
-    """``(name, parts)`` where parts is as :func:`medvtab.data.tasks._load_npz` returns: ``train`` / ``val`` /
+    """``(name, parts)`` where parts is as :func:`medvtab.data.loading.read_npz` returns: ``train`` / ``val`` /
     ``test`` splits (from the manifest's split column) or a ``pool``, plus ``class_names``. Images stay
     memory-mapped (splits are contiguous row ranges, so they are views of the map)."""
-    from medvtab.data.tasks import Split, multilabel_split
-
     path = Path(path)
     meta, rows = read_meta(path), read_manifest(path)
     npy = path / images_name(int(meta["image_size"]))

@@ -1,6 +1,6 @@
 """Evaluation protocols: how a loaded task's images become train / val / test sets.
 
-- ``standard``: the source's splits (or the seeded carve of :func:`medvtab.data.tasks.load_task`: a pooled
+- ``standard``: the source's splits (or the seeded carve of :func:`medvtab.data.splits.carve_splits`: a pooled
   file is split 70/10/20, patient-disjoint where it has patient ids).
 - ``vtab1k``: 800 train + 200 val images drawn (seeded, stratified by class) from the standard train + val;
   the standard test set, whole. The source needs at least 1,000 train + val images. Where the source has
@@ -31,8 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medvtab.data.tasks import (Split, TaskData, first_copies, group_labels, load_task, merge_splits, partition,
-                                stratified_take, subsample_train)
+from medvtab.data.leakage import first_copies
+from medvtab.data.loading import load_task
+from medvtab.data.splits import group_labels, partition, stratified_take, subsample_train
+from medvtab.data.taskdata import Split, TaskData, merge_splits
 from medvtab.errors import MedvtabError
 
 PROTOCOLS = ("standard", "vtab1k", "fewshot", "patient-ood")
@@ -40,7 +42,7 @@ _ALIASES = {"vtab-1k": "vtab1k", "few-shot": "fewshot", "patientood": "patient-o
 VTAB_TRAIN, VTAB_VAL = 800, 200
 OOD_FRACTIONS = (0.7, 0.1, 0.2)  # seen patients' images: train, val, seen test
 SPLITS_FILE = "splits.json"
-_CARVE_NOTES = ("pooled layout:", "validation split carved", "test split carved")  # from load_task
+_CARVE_NOTES = ("pooled layout:", "validation split carved", "test split carved")  # from carve_splits
 _TAGS = {"vtab1k": 1001, "fewshot": 1002, "patient-ood": 1003}  # one random stream per protocol and seed
 
 

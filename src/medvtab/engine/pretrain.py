@@ -22,7 +22,6 @@ import os
 import platform
 import re
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,10 @@ from timm.models.vision_transformer import VisionTransformer
 from medvtab.atomic import atomic_write, write_json
 from medvtab.backbones import tiny
 from medvtab.backbones.vit import ViTBackbone
+from medvtab.data.catalogue import get_task
+from medvtab.data.leakage import catalogue_name, image_digest
+from medvtab.data.loading import read_npz
+from medvtab.data.splits import stratified_split
 from medvtab.errors import MedvtabError
 
 SIZE = tiny.ARCH["img_size"]
@@ -58,60 +61,38 @@ KNOWN_SOURCES = {
 
 # --- data -------------------------------------------------------------------------------------------------
 
-def _split(arrays: dict, name: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = arrays[f"{name}_images"], arrays[f"{name}_labels"]
-    if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
-        raise MedvtabError(f"{path}: '{name}_images' must be uint8 of shape (N, H, W) or (N, H, W, 1|3), "
-                           f"got {images.dtype} {images.shape}")
-    labels = labels.reshape(-1) if labels.ndim == 2 and labels.shape[1] == 1 else labels
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or len(labels) != len(images):
-        raise MedvtabError(f"{path}: '{name}_labels' must be {len(images)} integer class indices, "
-                           f"got {labels.dtype} {labels.shape}")
-    if len(labels) and labels.min() < 0:
-        raise MedvtabError(f"{path}: '{name}_labels' has negative label {labels.min()}")
-    return images if images.ndim == 4 else images[..., None], labels.astype(np.int64)
-
-
 def load_npz(path: Path, seed: int) -> dict:
-    """Train and test splits of a MedMNIST-style ``.npz`` (a missing test split: 20 % of train, stratified)."""
+    """Train and test splits of a MedMNIST-style ``.npz``, read by :func:`medvtab.data.loading.read_npz` (a
+    missing test split: 20 % of train, stratified; a validation split is not used)."""
     path = Path(path)
     if not path.is_file():
         raise MedvtabError(f"{path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise MedvtabError(f"{path}: not a readable .npz file ({str(err).splitlines()[0][:120]})") from None
-    for name in ("train", "test"):
-        have = [f"{name}_images" in arrays, f"{name}_labels" in arrays]
-        if (name == "train" and not all(have)) or any(have) != all(have):
-            raise MedvtabError(f"{path}: expected keys 'train_images' and 'train_labels' (optional 'test_images' "
-                               f"and 'test_labels'), found {sorted(arrays)}")
-    train = _split(arrays, "train", path)
+    parts = read_npz(path)
+    if "train" not in parts:
+        raise MedvtabError(f"{path}: expected keys 'train_images' and 'train_labels' (optional 'test_images' "
+                           f"and 'test_labels'), found a pooled 'images' and 'labels'")
+    if any(parts[name].targets is not None for name in ("train", "test") if name in parts):
+        raise MedvtabError(f"{path}: multi-label labels; pre-training needs one class index per image")
+    train = parts["train"].images, parts["train"].labels
     notes = []
-    if "test_images" in arrays:
-        test = _split(arrays, "test", path)
+    if "test" in parts:
+        test = parts["test"].images, parts["test"].labels
     else:
-        from medvtab.data.tasks import stratified_split
-
         kept, carved = stratified_split(train[1], 0.2, seed)
         train, test = (train[0][kept], train[1][kept]), (train[0][carved], train[1][carved])
         notes.append(f"no test split: 20 % of train carved out (stratified, seed {seed})")
     num_classes = int(max(train[1].max(), test[1].max())) + 1
     if len(np.unique(train[1])) < 2:
         raise MedvtabError(f"{path}: 'train_labels' has fewer than two classes")
-    names = [str(c) for c in arrays["class_names"]] if "class_names" in arrays else None
-    return {"train": train, "test": test, "num_classes": num_classes, "class_names": names, "notes": notes}
-
-
-def digests(images: np.ndarray) -> list[str]:
-    return [hashlib.blake2b(np.ascontiguousarray(im).tobytes(), digest_size=16).hexdigest() for im in images]
+    return {"train": train, "test": test, "num_classes": num_classes, "class_names": parts.get("class_names"),
+            "notes": notes}
 
 
 def drop_train_duplicates(test: tuple, train_images: np.ndarray) -> tuple[tuple, int]:
-    """The test split without images byte-identical to a train image, and how many were dropped."""
-    seen = set(digests(train_images))
-    keep = np.array([d not in seen for d in digests(test[0])], dtype=bool)
+    """The test split without images identical to a train image (:func:`~medvtab.data.leakage.image_digest`),
+    and how many were dropped."""
+    seen = {image_digest(im) for im in train_images}
+    keep = np.array([image_digest(im) not in seen for im in test[0]], dtype=bool)
     return (test[0][keep], test[1][keep]), int((~keep).sum())
 
 
@@ -233,14 +214,10 @@ def linear_probe(backbone, train: tuple[torch.Tensor, np.ndarray], test: tuple[t
 def data_name(path: Path) -> str:
     """A registered task name for the file where there is one (``pbc_28.npz`` -> ``pbc``), else its stem
     without a trailing size (``cifar10_32.npz`` -> ``cifar10``)."""
-    from medvtab.data.check import registry_name
-
-    return registry_name(str(path)) or re.sub(r"[-_ ]\d+$", "", Path(path).stem)
+    return catalogue_name(str(path)) or re.sub(r"[-_ ]\d+$", "", Path(path).stem)
 
 
 def source_info(name: str) -> dict:
-    from medvtab.data.registry import get_task
-
     if name in KNOWN_SOURCES:
         return dict(KNOWN_SOURCES[name])
     try:

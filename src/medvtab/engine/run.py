@@ -15,7 +15,8 @@ import medvtab
 from medvtab.backbones import load_backbone
 from medvtab.data import Split, TaskData
 from medvtab.data.protocols import SPLITS_FILE, check_protocol, load_protocol_task, splits_record
-from medvtab.data.check import PROTOCOL_SHARED_PATIENTS, check_task, leakage_warnings
+from medvtab.data.check import PROTOCOL_SHARED_PATIENTS, check_task
+from medvtab.data.leakage import leakage_warnings
 from medvtab.engine import rundir
 from medvtab.engine.distributed import launch
 from medvtab.engine.loop import (TrainConfig, as_tensor, evaluate, fit, load_checkpoint, rank_count,

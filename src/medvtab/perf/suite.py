@@ -778,7 +778,8 @@ def achieved(ctx: Context, per_image: dict, backbones: dict, skip: dict, train: 
 # --- 7. linear probing epochs ----------------------------------------------------------------------------------
 
 def measure_linear(ctx: Context) -> dict:
-    from medvtab.data.tasks import load_task, subsample_train
+    from medvtab.data.loading import load_task
+    from medvtab.data.splits import subsample_train
     from medvtab.engine.loop import TrainConfig, fit, seed_everything
     from medvtab.methods import get_method
 

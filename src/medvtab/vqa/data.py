@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from medvtab.data.tasks import shared_root
+from medvtab.data.loading import shared_root
 from medvtab.errors import MedvtabError
 from medvtab.vqa.metrics import normalize_answer
 

@@ -1,11 +1,11 @@
-"""The task registry: metadata for Med-VTAB, FGVC, VTAB-1k and the bundled sets (no data is touched)."""
+"""The task catalogue: metadata for Med-VTAB, FGVC, VTAB-1k and the bundled sets (no data is touched)."""
 import json
 import re
 from collections import Counter
 
 import pytest
 
-from medvtab.data.registry import (RAW_LAYOUTS, TASK_TYPES, TASKS, TaskInfo, get_task, list_tasks,
+from medvtab.data.catalogue import (RAW_LAYOUTS, TASK_TYPES, TASKS, TaskInfo, get_task, list_tasks,
                                    overlapping_sources, task_dict)
 from medvtab.errors import MedvtabError
 

@@ -1,0 +1,56 @@
+"""Images as medvtab holds them: uint8 ``(H, W, C)`` with C = 1 (grey) or 3 (RGB).
+
+The one place for decoding an image file, scaling other values to uint8, resizing (bilinear) and promoting
+grey to RGB where a set mixes both. DICOM and NIfTI files are decoded in :mod:`medvtab.data.dicom_nifti`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from medvtab.errors import MedvtabError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+def resize(arr: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (H, W) or (H, W, C) -> uint8 (size, size, 1|3), bilinear."""
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    img = Image.fromarray(np.ascontiguousarray(arr))
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    out = np.asarray(img, dtype=np.uint8)
+    return out[..., None] if out.ndim == 2 else out
+
+
+def read_image(path: Path, size: int) -> np.ndarray:
+    """An image file decoded as grey (grey modes) or RGB (the rest), resized to ``size`` square."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            grey = img.mode in ("L", "I", "I;16", "F", "1")
+            arr = np.asarray(img.convert("L" if grey else "RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise MedvtabError(f"{path}: unreadable image ({str(err).splitlines()[0][:120]})") from None
+    return resize(arr, size)
+
+
+def scale_to_uint8(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Values clipped to [lo, hi] and mapped linearly onto 0..255 (all 0 where the range is empty)."""
+    x = np.clip(x.astype(np.float64), lo, hi)
+    return np.zeros(x.shape, np.uint8) if hi <= lo else np.round((x - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def minmax_to_uint8(x: np.ndarray) -> np.ndarray:
+    """``x`` scaled so that its minimum is 0 and its maximum 255."""
+    return scale_to_uint8(x, float(np.min(x)), float(np.max(x))) if x.size else x.astype(np.uint8)
+
+
+def grey_to_rgb_if_mixed(images: list[np.ndarray]) -> list[np.ndarray]:
+    """``images`` (each ``(..., C)``) as they are where all are grey or all colour; else grey ones as RGB."""
+    if len({im.shape[-1] for im in images}) <= 1:
+        return images
+    return [np.repeat(im, 3, -1) if im.shape[-1] == 1 else im for im in images]
