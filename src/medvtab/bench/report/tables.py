@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medvtab.bench.report.load import Run
+from medvtab.bench.report.load import Bench, Run
 from medvtab.bench.report.stats import mean_std
 from medvtab.bench.store import RunSpec
 from medvtab.data.registry import get_task
@@ -94,6 +94,15 @@ class Report:
 
     def figures(self) -> dict[str, FigureRef]:
         return {f.key: f for s in self.sections for f in s.figures}
+
+
+def group_section(bench: Bench, group: str, title: str) -> tuple[list[Run], Section]:
+    """The runs of a grid group and its (so far empty) section, which says so when the grid has no such runs."""
+    runs = bench.group(group)
+    section = Section(group, title)
+    if not runs:
+        section.paragraphs.append(f"No runs of group '{group}' in this grid.")
+    return runs, section
 
 
 # --- cells ------------------------------------------------------------------------------------------------

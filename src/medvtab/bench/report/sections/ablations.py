@@ -10,7 +10,7 @@ from typing import Callable
 
 from medvtab.bench.report.load import Bench, Run
 from medvtab.bench.report.stats import mean_std
-from medvtab.bench.report.tables import (FLOOR_NOTE, MISSING, C, Cell, Section, Table, floor_row, floors,
+from medvtab.bench.report.tables import (FLOOR_NOTE, MISSING, C, Cell, Section, Table, floor_row, floors, group_section,
                                          mark_best, ordered, pct_cell, ratio_cell, seed_note)
 from medvtab.errors import MedvtabError
 from medvtab.methods.dynamer import SKIP_MODES, parse_layers
@@ -133,10 +133,8 @@ def _timing_cells(runs: list[Run], variant: tuple, timing: dict[tuple, tuple]) -
 
 
 def ablation_section(bench: Bench, ablation: Ablation) -> Section:
-    runs = bench.group(ablation.group)
-    section = Section(ablation.group, ablation.title)
+    runs, section = group_section(bench, ablation.group, ablation.title)
     if not runs:
-        section.paragraphs.append(f"No runs of group '{ablation.group}' in this grid.")
         return section
     tasks = ordered(r.spec.task for r in runs)
     layout = Layout(_backbone_field(runs, "width"), (_backbone_field(runs, "depth") or [None])[0])

@@ -6,8 +6,8 @@ from pathlib import Path
 from medvtab.bench.report import figures
 from medvtab.bench.report.load import Bench
 from medvtab.bench.report.stats import mean_std
-from medvtab.bench.report.tables import (C, FigureRef, Section, Table, floors, mark_best, ordered, pct_cell,
-                                         row_key, row_labels, seed_note, sorted_keys)
+from medvtab.bench.report.tables import (C, FigureRef, Section, Table, floors, group_section, mark_best, ordered,
+                                         pct_cell, row_key, row_labels, seed_note, sorted_keys)
 from medvtab.bench.store import RunSpec
 
 FEWSHOT = "fewshot"
@@ -23,10 +23,8 @@ def amount(spec: RunSpec) -> tuple[str, float]:
 
 
 def fewshot_section(bench: Bench, figures_dir: Path) -> Section:
-    runs = bench.group(FEWSHOT)
-    section = Section("fewshot", "Data efficiency (Figure 1c)")
+    runs, section = group_section(bench, FEWSHOT, "Data efficiency (Figure 1c)")
     if not runs:
-        section.paragraphs.append("No runs of group 'fewshot' in this grid.")
         return section
     kinds = ordered(amount(r.spec)[0] for r in runs)
     xlabel = {"fraction": "fraction of the training set", "shots": "training images per class"}.get(

@@ -9,8 +9,8 @@ from medvtab.bench.report import figures
 from medvtab.bench.report.load import Bench, Run
 from medvtab.bench.report.stats import ALPHA, MIN_TTEST, MIN_WILCOXON, holm, mean_std, paired_test, verdict
 from medvtab.bench.report.tables import (MISSING, C, FigureRef, Section, Table, accuracy_table, by_row_task,
-                                         expected_seeds, fmt_pct, mark_best, modality, ordered, pct_cell, row_key,
-                                         row_labels, seed_note, sorted_keys)
+                                         expected_seeds, fmt_pct, group_section, mark_best, modality, ordered, pct_cell,
+                                         row_key, row_labels, seed_note, sorted_keys)
 
 MAIN = "main"
 MODALITY_TABLES = (("colour", "Colour images (the papers' Table 1)"),
@@ -19,10 +19,8 @@ MODALITY_TABLES = (("colour", "Colour images (the papers' Table 1)"),
 
 
 def main_section(bench: Bench, figures_dir: Path) -> Section:
-    runs = bench.group(MAIN)
-    section = Section("main", "Main results (Tables 1-3)")
+    runs, section = group_section(bench, MAIN, "Main results (Tables 1-3)")
     if not runs:
-        section.paragraphs.append("No runs of group 'main' in this grid.")
         return section
     tasks = ordered(r.spec.task for r in runs)
     keys = sorted_keys(runs)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 from medvtab.bench.report.load import Bench, Run
-from medvtab.bench.report.tables import (MISSING, C, Cell, Section, Table, expected_seeds, mark_best, ordered, pct_cell,
-                                         ratio_cell, row_key, row_labels, seed_note, sorted_keys)
+from medvtab.bench.report.tables import (MISSING, C, Cell, Section, Table, expected_seeds, group_section, mark_best,
+                                         ordered, pct_cell, ratio_cell, row_key, row_labels, seed_note, sorted_keys)
 
 OOD = "patient-ood"
 
@@ -18,10 +18,8 @@ def _counts(runs: list[Run], within: str, what: str) -> Cell:
 
 
 def ood_section(bench: Bench) -> Section:
-    runs = bench.group(OOD)
-    section = Section("patient-ood", "Patient out-of-distribution (Tables 8-9)")
+    runs, section = group_section(bench, OOD, "Patient out-of-distribution (Tables 8-9)")
     if not runs:
-        section.paragraphs.append("No runs of group 'patient-ood' in this grid.")
         return section
     section.paragraphs.append(
         "Seen: held-out images of the patients trained on; unseen: every image of patients never seen in "
