@@ -10,6 +10,7 @@ from unittest import mock
 import pytest
 
 from medvtab.bench.grid import GROUP_ORDER, expand_grid, load_grid_file, parse_grid, unique_runs
+from medvtab.bench import store
 from medvtab.bench.store import RunSpec
 from medvtab.bench.suites import SUITES, SUITES_DIR, build_suite
 from medvtab.engine.loop import TrainConfig
@@ -123,10 +124,8 @@ def test_run_id_follows_the_methods_whole_configuration(monkeypatch):
     before = default.run_id()
     assert RunSpec(task="breastmnist", method="dynamer", options={"gate_dim": "1"}).run_id() == before
     assert RunSpec(task="breastmnist", method="dynamer", options={"gate_dim": "width"}).run_id() != before
-    import medvtab.methods as methods
-
-    real = methods.make_config  # a release whose default gate is one value per channel
-    monkeypatch.setattr(methods, "make_config", lambda name, options: real(name, {"gate_dim": "width", **options}))
+    real = store.make_config  # a release whose default gate is one value per channel
+    monkeypatch.setattr(store, "make_config", lambda name, options: real(name, {"gate_dim": "width", **options}))
     assert default.run_id() != before
 
 

@@ -23,8 +23,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from medvtab.atomic import write_json
 from medvtab.engine import rundir
 from medvtab.errors import MedvtabError
+from medvtab.methods import make_config
 
 RUNS, GRID_FILE = "runs", "bench.json"
 
@@ -52,8 +54,6 @@ class RunSpec(BaseModel):
     def key(self) -> str:
         """Hash of everything but ``group`` (two tables may share one run), with the method's whole configuration
         in place of ``options``: when a default changes, the run is a different run, never the stored one."""
-        from medvtab.methods import make_config
-
         body = self.model_dump(exclude={"group"})
         try:
             body["options"] = make_config(self.method, self.options).model_dump(mode="json")
@@ -83,7 +83,6 @@ def _read(path: Path) -> dict:
 
 def write_grid(root: Path, suite: str, specs: list[RunSpec], **info) -> None:
     """Record the grid as asked; a rerun with more specs (a larger grid) rewrites it."""
-    from medvtab.atomic import write_json
     write_json(Path(root) / GRID_FILE, {"suite": suite, **info, "specs": [s.model_dump() for s in specs]})
 
 
