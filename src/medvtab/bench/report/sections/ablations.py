@@ -32,7 +32,8 @@ class Layout:
 class Ablation:
     """One ablation group of the grid and how the report shows it."""
     group: str
-    title: str  # the section's title, naming the paper's table it mirrors
+    label: str  # what is ablated
+    paper_table: str  # the DynaMer paper's table it mirrors
     table_title: str
     columns: tuple[str, ...]  # the columns that describe a variant
     variant: Callable[[dict], tuple]  # the method config -> the swept options
@@ -40,6 +41,10 @@ class Ablation:
     rank: Callable[[tuple, list[str]], tuple]  # (variant, its cells) -> sort key
     note: Callable[[Layout, dict[tuple, list[Run]]], str | None]  # (layout, finished runs per variant) -> note
     timed: bool = False  # inference-time columns after the describing ones (TIMING_COLUMNS)
+
+    @property
+    def title(self) -> str:
+        return f"Ablation: {self.label} ({self.paper_table})"
 
 
 def _gate_dims(gates: str, dim: str, widths: list[int] | None) -> list[str]:
@@ -83,20 +88,20 @@ def _timing_note(layout: Layout, cells: dict[tuple, list[Run]]) -> str:
 
 
 ABLATIONS = (
-    Ablation("ablation-gates", "Ablation: gates (Table 4)", "Accuracy with and without each stream's gate",
+    Ablation("ablation-gates", "gates", "Table 4", "Accuracy with and without each stream's gate",
              ("General gate", "Medical gate"),
              variant=lambda cfg: (cfg.get("gates"),),
              cells=lambda v, layout: ["✓" if v[0] in ("both", s) else "✗" for s in STREAMS],
              rank=lambda v, cells: GATE_RANK.get(v[0], 9),
              note=lambda layout, cells: None),
-    Ablation("ablation-gate-dim", "Ablation: gate dimension (Table 5)", "Accuracy by gate dimension",
+    Ablation("ablation-gate-dim", "gate dimension", "Table 5", "Accuracy by gate dimension",
              ("General gate dim", "Medical gate dim"),
              variant=lambda cfg: (cfg.get("gates"), str(cfg.get("gate_dim"))),
              cells=lambda v, layout: _gate_dims(v[0], v[1], layout.widths),
              rank=_by_size,
              note=lambda layout, cells: (f"Gate dimension: gate values per token (width {layout.widths[0]} / "
                                          f"{layout.widths[1]}); 0 = no gate." if layout.widths else None)),
-    Ablation("ablation-layers", "Ablation: gated layers (Table 6)",
+    Ablation("ablation-layers", "gated layers", "Table 6",
              "Accuracy by number of layers with a DynaMer layer", ("General gated layers", "Medical gated layers"),
              variant=lambda cfg: (cfg.get("gates"), str(cfg.get("layers"))),
              cells=lambda v, layout: _layer_counts(v[0], v[1], layout.depth),
@@ -104,7 +109,7 @@ ABLATIONS = (
              note=lambda layout, cells: (f"Gated layers: number of the {layout.depth} blocks with a DynaMer layer "
                                          f"(option 'layers'); 0 = that stream has no gate." if layout.depth
                                          else None)),
-    Ablation("ablation-keep-ratio", "Ablation: skipping router keep ratio, inference time (Table 7)",
+    Ablation("ablation-keep-ratio", "skipping router keep ratio, inference time", "Table 7",
              "Inference time and accuracy by share of tokens routed", ("Tokens routed", "Skip mode"),
              variant=lambda cfg: (float(cfg.get("keep_ratio", 1.0)), str(cfg.get("skip_mode", "adapter"))),
              cells=lambda v, layout: [f"{100 * v[0]:g} %", v[1]],
