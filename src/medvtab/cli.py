@@ -342,7 +342,7 @@ def report(
 ):
     """Write the bench results as the papers' tables and figures: report.md, a self-contained report.html and
     PNGs in figures/ (missing and failed runs listed)."""
-    from medvtab.bench.report import write_report
+    from medvtab.bench.report.write import write_report
 
     result = write_report(bench_dir, out, attention=attention)
     print(json.dumps({"html": str(result.html_path), "markdown": str(result.md_path),

@@ -2,10 +2,12 @@
 (``write_grid`` + ``train_run`` with the run's spec recorded), and the report built from it."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
+from medvtab.bench.report.write import write_report
 from medvtab.bench.store import RunSpec, run_dir, write_grid
 from medvtab.engine.loop import TrainConfig
 from medvtab.engine.run import train_run
@@ -69,10 +71,6 @@ def bench_store(tmp_path_factory, small_task) -> Path:
 @pytest.fixture(scope="session")
 def bench_report(bench_store, tmp_path_factory):
     """The report of ``bench_store``, written into a copy (so tests that write to the store stay independent)."""
-    import shutil
-
-    from medvtab.bench.report import write_report
-
     root = tmp_path_factory.mktemp("report") / "store"
     shutil.copytree(bench_store, root)
     return write_report(root)

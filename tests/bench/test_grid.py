@@ -10,8 +10,9 @@ from unittest import mock
 import pytest
 
 from medvtab.bench.grid import GROUP_ORDER, expand_grid, load_grid_file, parse_grid, unique_runs
+from medvtab.bench import store
 from medvtab.bench.store import RunSpec
-from medvtab.bench.suites import BUDGETS, build_suite, mini, mini_ablations
+from medvtab.bench.suites import SUITES, SUITES_DIR, build_suite
 from medvtab.engine.loop import TrainConfig
 from medvtab.errors import MedvtabError
 from medvtab.methods import method_names
@@ -40,7 +41,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_mini_suite_has_every_group_of_the_report():
-    specs = expand_grid(mini())
+    specs = expand_grid(build_suite("mini"))
     groups = Counter(s.group for s in specs)
     assert groups == {"main": 42, "patient-ood": 15, "fewshot": 12}
     main = [s for s in specs if s.group == "main"]
@@ -53,23 +54,23 @@ def test_mini_suite_has_every_group_of_the_report():
     assert {s.train_fraction for s in few} == {0.1, 0.3, 1.0} and all(s.train_size is None for s in few)
     assert len(unique_runs(specs)) == len(specs)
     assert {s.seed for s in specs} == {0}
-    budget = BUDGETS["default"]["train"]  # as overrides: the values equal to TrainConfig's defaults dropped
+    budget = build_suite("mini").train  # as overrides: the values equal to TrainConfig's defaults dropped
     assert all(s.train == {k: v for k, v in budget.items() if TrainConfig.model_fields[k].default != v}
                for s in specs)
 
 
 def test_quick_profile_and_seeds_and_methods_filters():
-    quick = expand_grid(mini(quick=True))
-    assert all(s.train["epochs"] == 1 for s in quick) and len(quick) < len(expand_grid(mini()))
-    three = expand_grid(mini(), seeds=3, methods=["linear", "dynamer"])
+    quick = expand_grid(build_suite("mini", quick=True))
+    assert all(s.train["epochs"] == 1 for s in quick) and len(quick) < len(expand_grid(build_suite("mini")))
+    three = expand_grid(build_suite("mini"), seeds=3, methods=["linear", "dynamer"])
     assert {s.method for s in three} == {"linear", "dynamer"} and {s.seed for s in three} == {0, 1, 2}
     assert Counter(s.group for s in three) == {"main": 18, "patient-ood": 18, "fewshot": 18}
     with pytest.raises(MedvtabError, match="option '--methods': unknown method 'nope'"):
-        expand_grid(mini(), methods=["nope"])
+        expand_grid(build_suite("mini"), methods=["nope"])
 
 
 def test_ablation_groups_share_the_default_run():
-    specs = expand_grid(mini_ablations())
+    specs = expand_grid(build_suite("mini-ablations"))
     assert [g for g in GROUP_ORDER if g.startswith("ablation")] == list(dict.fromkeys(s.group for s in specs))
     assert Counter(s.group for s in specs) == {"ablation-gates": 4, "ablation-gate-dim": 4, "ablation-layers": 4,
                                                "ablation-keep-ratio": 12}
@@ -82,20 +83,26 @@ def test_ablation_groups_share_the_default_run():
     assert {(s.options.get("keep_ratio", 1.0), s.options.get("skip_mode", "adapter")) for s in keep} == {
         (r, m) for r in (1.0, 0.5, 0.3, 0.1) for m in ("adapter", "later-blocks", "block")}
     # and it is the main table's DynaMer run on the same task (the budgets agree)
-    main = {s.run_id() for s in expand_grid(mini(), methods=["dynamer"]) if s.group == "main"}
+    main = {s.run_id() for s in expand_grid(build_suite("mini"), methods=["dynamer"]) if s.group == "main"}
     assert default[0].run_id() in main
 
 
+def test_built_in_suites_are_grid_files():
+    """What a user copies: each suite's default profile reads as a --config grid file."""
+    assert SUITES == ("mini", "mini-ablations")
+    for name in SUITES:
+        assert load_grid_file(Path(str(SUITES_DIR / f"{name}.yaml"))).name == name
+
+
 def test_shipped_configs():
-    yaml_mini = expand_grid(load_grid_file(CONFIGS / "mini.yaml"))
-    assert yaml_mini == expand_grid(mini())  # same specs, same order, same run_ids
+    mini = expand_grid(build_suite("mini"))
     grid = load_grid_file(CONFIGS / "vitb-grid.example.yaml")
     specs = expand_grid(grid)
     assert grid.device == "cuda" and len(specs) == 23 * 14 * 3
     assert {s.general.split("@")[0] for s in specs} == {"dinov2-vitb14"}
     assert {s.medical.split("@")[0] for s in specs} == {"lvmmed-vitb"}
     paper_size = expand_grid(load_grid_file(CONFIGS / "mini-dynamer-paper-size.yaml"))
-    main = [s for s in yaml_mini if s.group == "main" and s.method == "dynamer"]
+    main = [s for s in mini if s.group == "main" and s.method == "dynamer"]
     assert [(s.task, s.train, s.train_size) for s in paper_size] == [(s.task, s.train, s.train_size) for s in main]
     assert {s.run_id() for s in paper_size}.isdisjoint(s.run_id() for s in main)
 
@@ -117,10 +124,8 @@ def test_run_id_follows_the_methods_whole_configuration(monkeypatch):
     before = default.run_id()
     assert RunSpec(task="breastmnist", method="dynamer", options={"gate_dim": "1"}).run_id() == before
     assert RunSpec(task="breastmnist", method="dynamer", options={"gate_dim": "width"}).run_id() != before
-    import medvtab.methods as methods
-
-    real = methods.make_config  # a release whose default gate is one value per channel
-    monkeypatch.setattr(methods, "make_config", lambda name, options: real(name, {"gate_dim": "width", **options}))
+    real = store.make_config  # a release whose default gate is one value per channel
+    monkeypatch.setattr(store, "make_config", lambda name, options: real(name, {"gate_dim": "width", **options}))
     assert default.run_id() != before
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from medvtab.bench.grid import expand_grid, parse_grid
 from medvtab.bench.runner import TIMING_KEYS, run_grid
-from medvtab.bench.store import load_results, read_grid
+from medvtab.bench.report.load import load_bench
+from medvtab.bench.store import read_grid
 from medvtab.errors import MedvtabError
 
 GRID = {"name": "ray-test", "tasks": ["breastmnist"], "methods": ["linear", "vpt-shallow"],
@@ -26,9 +27,9 @@ def quiet_console():
 
 def comparable(root):
     out = {}
-    for run in load_results(root):
-        metrics = {k: v for k, v in run["metrics"].items() if k not in TIMING_KEYS}
-        out[run["run_id"]] = (json.dumps(metrics, sort_keys=True), run["spec"])
+    for run in load_bench(root).finished:
+        metrics = {k: v for k, v in run.metrics.items() if k not in TIMING_KEYS}
+        out[run.run_id] = (json.dumps(metrics, sort_keys=True), run.config["bench"])
     return out
 
 

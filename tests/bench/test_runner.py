@@ -22,7 +22,8 @@ import medvtab.engine.run
 from medvtab.bench import runner
 from medvtab.bench.grid import expand_grid, parse_grid
 from medvtab.bench.runner import FAILURES, LOCKS, claim, run_grid, run_one
-from medvtab.bench.store import RUNS, RunSpec, grid_results, is_finished, load_results, read_grid, run_dir
+from medvtab.bench.report.load import load_bench
+from medvtab.bench.store import RUNS, RunSpec, is_finished, read_grid, run_dir
 
 RUN_FILES = ["adapter.safetensors", "config.json", "log.csv", "metrics.json", "splits.json"]
 TINY = {"train": {"epochs": 1, "batch_size": 32}, "train_size": 32}
@@ -57,7 +58,7 @@ def assert_complete_store(root: Path, specs: list[RunSpec]) -> None:
         load_file(str(d / "adapter.safetensors"))
         assert (d / "log.csv").read_text().startswith("epoch,")
     if (root / "bench.json").exists():
-        assert all(r["metrics"] is not None for r in grid_results(root))
+        assert all(r.metrics is not None for r in load_bench(root).runs)
     assert not list((root / FAILURES).glob("*")) if (root / FAILURES).exists() else True
     assert not list((root / LOCKS).glob("*.lock")) if (root / LOCKS).exists() else True
 
@@ -70,7 +71,8 @@ def test_grid_runs_once_and_resumes_without_recomputing(tmp_path, monkeypatch):
     assert_complete_store(root, specs)
     info, recorded = read_grid(root)
     assert info["suite"] == "t" and recorded == specs
-    assert {r["run_id"] for r in load_results(root)} == {s.run_id() for s in specs}
+    bench = load_bench(root)
+    assert {r.run_id for r in bench.finished} == {s.run_id() for s in specs} and not bench.extra_runs
     mtimes = {p: p.stat().st_mtime_ns for p in (root / RUNS).rglob("*")}
 
     def must_not_train(*args, **kwargs):
@@ -93,9 +95,9 @@ def test_a_larger_grid_runs_only_what_is_new_and_shared_specs_run_once(tmp_path)
     summary = run_grid(root, specs, suite="t", console=Quiet())
     assert summary.runs == 2 and summary.specs == 3
     assert len(summary.skipped) == 1 and len(summary.finished) == 1
-    rows = grid_results(root)
-    assert [r["spec"].group for r in rows] == ["main", "main", "other"]
-    assert rows[0]["run_id"] == rows[2]["run_id"] and rows[0]["metrics"] == rows[2]["metrics"]
+    rows = load_bench(root).runs
+    assert [r.spec.group for r in rows] == ["main", "main", "other"]
+    assert rows[0].run_id == rows[2].run_id and rows[0].metrics == rows[2].metrics
 
 
 def test_failures_are_recorded_the_grid_goes_on_and_a_rerun_retries(tmp_path, monkeypatch):

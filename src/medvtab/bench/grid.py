@@ -44,10 +44,14 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medvtab.bench.store import RunSpec
+from medvtab.data.protocols import check_protocol
+from medvtab.engine.loop import TrainConfig
 from medvtab.errors import MedvtabError
+from medvtab.methods import make_config, method_names
 
 GROUP_ORDER = ("main", "patient-ood", "fewshot", "ablation-gates", "ablation-gate-dim", "ablation-layers",
                "ablation-keep-ratio")
@@ -159,8 +163,6 @@ def parse_grid(data: Any, where: str = "grid") -> GridConfig:
 
 def load_grid_file(path: Path) -> GridConfig:
     """Read and validate a YAML grid (``yaml.safe_load`` only: a grid file can never run code)."""
-    import yaml
-
     path = Path(path)
     try:
         text = path.read_text()
@@ -202,8 +204,6 @@ def _merged(grid: GridConfig, group: GroupConfig) -> dict:
 
 def _train_overrides(train: dict, where: str) -> dict:
     """The training overrides, validated by TrainConfig, without those equal to its defaults."""
-    from medvtab.engine.loop import TrainConfig
-
     for key in EXECUTION_KEYS:
         if key in train:
             how = "the grid's 'seeds'" if key == "seed" else "the grid's 'device' or --device"
@@ -221,8 +221,6 @@ def _train_overrides(train: dict, where: str) -> dict:
 
 
 def _protocol(p: dict, train_size: int | None, where: str) -> dict:
-    from medvtab.data.protocols import check_protocol
-
     try:
         chosen = check_protocol(p["name"], train_fraction=p["train_fraction"], shots=p["shots"], seen=p["seen"],
                                 unseen=p["unseen"], train_size=train_size)
@@ -235,8 +233,6 @@ def _protocol(p: dict, train_size: int | None, where: str) -> dict:
 def _variants(method: str, fixed: dict, sweep: dict | None, where: str) -> list[dict]:
     """The method's options for each point of the sweep, validated by the method's config, without those
     equal to its defaults."""
-    from medvtab.methods import make_config
-
     keys = list(sweep or {})
     points = [dict(zip(keys, values)) for values in itertools.product(*(sweep[k] for k in keys))] if keys else [{}]
     out = []
@@ -253,8 +249,6 @@ def expand_grid(grid: GridConfig, *, methods: list[str] | None = None, seeds: in
     """Every cell of the grid, group by group, as normalised :class:`RunSpec` (duplicates within a group
     dropped). ``methods`` keeps only those methods (a group left without any is dropped); ``seeds``
     replaces every group's seeds."""
-    from medvtab.methods import method_names
-
     where = where or f"grid '{grid.name}'"
     known = method_names()
     if methods is not None:
@@ -322,8 +316,6 @@ def execution_order(specs: list[RunSpec]) -> list[RunSpec]:
 
 @functools.lru_cache(maxsize=None)
 def _default_options(method: str) -> dict:
-    from medvtab.methods import make_config
-
     return make_config(method, {}).model_dump()
 
 

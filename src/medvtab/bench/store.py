@@ -23,9 +23,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from medvtab.atomic import write_json
+from medvtab.engine import rundir
 from medvtab.errors import MedvtabError
+from medvtab.methods import make_config
 
-RUNS, GRID_FILE, BENCH_KEY = "runs", "bench.json", "bench"
+RUNS, GRID_FILE = "runs", "bench.json"
 
 
 class RunSpec(BaseModel):
@@ -51,8 +54,6 @@ class RunSpec(BaseModel):
     def key(self) -> str:
         """Hash of everything but ``group`` (two tables may share one run), with the method's whole configuration
         in place of ``options``: when a default changes, the run is a different run, never the stored one."""
-        from medvtab.methods import make_config
-
         body = self.model_dump(exclude={"group"})
         try:
             body["options"] = make_config(self.method, self.options).model_dump(mode="json")
@@ -70,7 +71,7 @@ def run_dir(root: Path, spec: RunSpec) -> Path:
 
 
 def is_finished(root: Path, spec: RunSpec) -> bool:
-    return (run_dir(root, spec) / "metrics.json").is_file()
+    return rundir.is_finished(run_dir(root, spec))
 
 
 def _read(path: Path) -> dict:
@@ -80,27 +81,8 @@ def _read(path: Path) -> dict:
         raise MedvtabError(f"{path}: unreadable results file ({err})") from None
 
 
-def load_results(root: Path) -> list[dict]:
-    """Every finished run under ``root``: ``{"run_id", "dir", "spec": RunSpec dict, "metrics": dict,
-    "config": dict}``, sorted by run_id. Partial (staged) directories are ignored."""
-    runs = Path(root) / RUNS
-    if not runs.is_dir():
-        raise MedvtabError(f"{root}: no '{RUNS}/' folder; is this a `medvtab bench --out` directory?")
-    results = []
-    for d in sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if not (d / "metrics.json").is_file():
-            continue
-        config = _read(d / "config.json")
-        if BENCH_KEY not in config:
-            raise MedvtabError(f"{d / 'config.json'}: no '{BENCH_KEY}' spec; not written by `medvtab bench`")
-        results.append({"run_id": d.name, "dir": d, "spec": config[BENCH_KEY], "config": config,
-                        "metrics": _read(d / "metrics.json")})
-    return results
-
-
 def write_grid(root: Path, suite: str, specs: list[RunSpec], **info) -> None:
     """Record the grid as asked; a rerun with more specs (a larger grid) rewrites it."""
-    from medvtab.atomic import write_json
     write_json(Path(root) / GRID_FILE, {"suite": suite, **info, "specs": [s.model_dump() for s in specs]})
 
 
@@ -115,23 +97,3 @@ def read_grid(root: Path) -> tuple[dict, list[RunSpec]]:
     except (KeyError, TypeError, ValueError) as err:
         raise MedvtabError(f"{path}: malformed grid ({str(err).splitlines()[0]})") from None
     return grid, specs
-
-
-def grid_results(root: Path) -> list[dict]:
-    """Each spec of the grid (its own group kept, even where two groups share one run) with its run's
-    metrics, or ``None`` where the run has not finished: ``{"spec": RunSpec, "run_id", "metrics"}``."""
-    _, specs = read_grid(root)
-    out = []
-    for spec in specs:
-        metrics_file = run_dir(root, spec) / "metrics.json"
-        out.append({"spec": spec, "run_id": spec.run_id(),
-                    "metrics": _read(metrics_file) if metrics_file.is_file() else None})
-    return out
-
-
-def full_options(spec: RunSpec) -> dict:
-    """The run's method options with the method's defaults filled in (a grid's specs hold only the options that
-    differ from the defaults, so the ablations' default configuration and the main table's run are one run)."""
-    from medvtab.methods import make_config
-
-    return make_config(spec.method, spec.options).model_dump()

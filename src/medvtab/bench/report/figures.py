@@ -1,6 +1,6 @@
 """The report's figures (matplotlib, Agg canvas, no pyplot state): data efficiency (the paper's Figure 1c),
 accuracy against trainable parameters (Figure 1a), attention maps of both streams (Figure 3) and DynaMer's
-per-layer routing. Each function takes plain numbers (computed from the store by :mod:`medvtab.bench.report`),
+per-layer routing. Each function takes plain numbers (computed from the store by the report's sections),
 writes one PNG atomically and returns its path. Text from data is drawn literally (``$`` escaped, so names
 never turn into mathtext)."""
 from __future__ import annotations
