@@ -14,7 +14,9 @@ import argparse
 
 from medvtab.engine.speed import keep_freed_memory
 from medvtab.perf.report import dumps
-from medvtab.perf.suite import PerfConfig, machine_record, make_context, measure_flops, measure_skip
+from medvtab.perf.context import PerfConfig, machine_record, make_context
+from medvtab.perf.flops import measure_flops
+from medvtab.perf.skipping import measure_skip
 
 
 def main() -> None:

@@ -381,7 +381,7 @@ def perf(
     """Measure forward and training speed, memory, FLOPs, data loading and linear-probe epochs in one process
     (interleaved repetitions, warm-up excluded, medians and interquartile ranges)."""
     from medvtab.perf.report import dumps, print_tables
-    from medvtab.perf.suite import PerfConfig, run_perf
+    from medvtab.perf import PerfConfig, run_perf
 
     def sizes(text: Optional[str], option: str):
         if text is None:

@@ -1,11 +1,12 @@
 """Backbones by spec string, the same on the command line and in Python.
 
 ``timm:NAME[@FILE]``, ``dinov2-vit{s,b,l}14@FILE``, ``lvmmed-vitb@FILE``, ``biomedclip-vitb16@FILE``,
-``tiny-general[@FILE]``, ``tiny-medical[@FILE]`` (bundled pre-trained weights, or a ``medvtab pretrain`` file).
+``tiny-general[@FILE]``, ``tiny-medical[@FILE]`` (bundled pre-trained weights, or a ``medvtab pretrain`` file),
+``random:NAME`` (a real layout from random weights: :mod:`medvtab.backbones.random_init`).
 """
 from __future__ import annotations
 
-from medvtab.backbones import biomedclip, dinov2, lvmmed, timm_any, tiny
+from medvtab.backbones import biomedclip, dinov2, lvmmed, random_init, timm_any, tiny
 from medvtab.backbones.align import PairAlignment, check_alignment
 from medvtab.backbones.base import Backbone, BackboneInfo
 from medvtab.errors import MedvtabError
@@ -21,7 +22,8 @@ _REGISTRY = {
 
 
 def list_backbones() -> list[str]:
-    return sorted(_REGISTRY) + ["tiny-general@FILE", "tiny-medical@FILE", "timm:NAME", "timm:NAME@FILE"]
+    return (sorted(_REGISTRY) + ["tiny-general@FILE", "tiny-medical@FILE", "timm:NAME", "timm:NAME@FILE"]
+            + [f"random:{name}" for name in random_init.LAYOUTS])
 
 
 def load_backbone(spec: str, *, img_size: int | None = None, depth: int | None = None) -> Backbone:
@@ -31,6 +33,8 @@ def load_backbone(spec: str, *, img_size: int | None = None, depth: int | None =
     file = file or None
     if name.startswith("timm:"):
         return timm_any.build(name.removeprefix("timm:"), file, spec=spec, img_size=img_size, depth=depth)
+    if name.startswith("random:"):
+        return random_init.build(name.removeprefix("random:"), file, spec=spec, img_size=img_size, depth=depth)
     if name not in _REGISTRY:
         raise MedvtabError(f"unknown backbone spec '{spec}'; expected one of: {', '.join(list_backbones())}")
     builder, needs_file = _REGISTRY[name]

@@ -15,7 +15,7 @@ from pathlib import Path
 from medvtab.bench.report.load import Bench, Run
 from medvtab.bench.report.stats import mean_std
 from medvtab.bench.store import RunSpec
-from medvtab.data.registry import get_task
+from medvtab.data.catalogue import get_task
 from medvtab.errors import MedvtabError
 
 # Display order of the papers' tables (unknown methods follow, alphabetically); DynaMer last.

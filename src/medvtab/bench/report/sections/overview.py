@@ -8,7 +8,7 @@ from pathlib import Path
 from medvtab.bench.report.load import Bench
 from medvtab.bench.report.stats import mean_std
 from medvtab.bench.report.tables import MISSING, C, Section, Table, fmt_pct, ordered
-from medvtab.data.registry import get_task
+from medvtab.data.catalogue import get_task
 from medvtab.engine import rundir
 from medvtab.errors import MedvtabError
 

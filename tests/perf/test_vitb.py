@@ -1,0 +1,31 @@
+"""The paper's ViT-B pair from random weights: FLOP ratios on meta tensors, and timed on this device (slow)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medvtab.backbones import load_backbone
+from medvtab.perf.context import Compiler, Context, PerfConfig
+from medvtab.perf.vitb import measure_vitb, vitb_flops
+
+
+def test_vitb_flop_ratios():
+    """FLOP counts are deterministic: on the paper's ViT-B pair DynaMer adds about a tenth to both backbones and
+    block skipping removes most of the work, even with the first block on every token (``later-blocks``), unlike on
+    the tiny pair (4 blocks)."""
+    ratios = vitb_flops()["ratios"]
+    assert ratios["both_over_one"] == pytest.approx(2.0, abs=0.01)
+    assert 1.05 < ratios["dynamer_over_both"] < 1.15
+    assert ratios["later_blocks_skip_speedup_0.5"] > 1.7 and ratios["later_blocks_skip_speedup_0.3"] > 2.5
+    assert ratios["block_skip_speedup_0.5"] > ratios["later_blocks_skip_speedup_0.5"]
+
+
+@pytest.mark.slow
+def test_the_random_vitb_pair_is_timed_on_this_device():
+    cfg = PerfConfig.for_profile("cpu", quick=True, vitb_batch=1, vitb_rounds=1, threads=1)
+    general = load_backbone("tiny-general")
+    out = measure_vitb(Context(cfg, torch.device("cpu"), general, general, 28, Compiler(False), clock="cpu"))
+    assert set(out["seconds_per_batch"]) == {"both", "keep:1.0", "later-blocks:0.5", "later-blocks:0.3",
+                                             "block:0.5", "block:0.3"}
+    assert out["dynamer_over_both"]["median"] > 0 and out["block_skip_speedup_0.3"]["median"] > 0
+    assert out["later_blocks_skip_speedup_0.3"]["median"] > 0
