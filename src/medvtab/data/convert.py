@@ -47,6 +47,7 @@ from medvtab.atomic import staged_run_dir
 from medvtab.data import manifest
 from medvtab.data.tasks import IMAGE_SUFFIXES, _load_npz, read_image
 from medvtab.errors import MedvtabError
+from medvtab.extras import require
 
 LAYOUTS = ("imagefolder", "csv", "npz", "dicom", "nifti")
 DEFAULT_WINDOW = (40.0, 400.0)  # CT soft tissue: centre, width (HU)
@@ -123,7 +124,7 @@ def _walk(root: Path, match) -> list[tuple[Path, str, str]]:
 
 def read_dicom(path: Path, window: tuple[float, float] = DEFAULT_WINDOW) -> tuple[np.ndarray, str, str]:
     """(uint8 (H, W) or (H, W, 3), patient id, study id) under the module's DICOM policy."""
-    import pydicom
+    pydicom = require("pydicom", extra="medical-formats", feature="DICOM input")
 
     try:
         ds = pydicom.dcmread(str(path))
@@ -154,7 +155,7 @@ def nifti_stem(path: Path) -> str:
 
 def read_nifti(path: Path, slices: int = DEFAULT_SLICES) -> list[np.ndarray]:
     """The middle ``slices`` axial slices, uint8 (H, W), under the module's NIfTI policy."""
-    import nibabel as nib
+    nib = require("nibabel", extra="medical-formats", feature="NIfTI input")
 
     try:
         img = nib.as_closest_canonical(nib.load(str(path)))
