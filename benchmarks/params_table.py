@@ -1,6 +1,6 @@
-"""The README's method table: trainable parameters and "Total Params" of every method on the tiny pair and on
-the DINOv2 ViT-B/14 + LVM-Med ViT-B pair (random weights in the real checkpoint layouts: parameter counts do
-not depend on the values), next to the papers' Total Params column.
+"""The parameter table of docs/methods.md: trainable parameters and "Total Params" of every method on the tiny
+pair and on the DINOv2 ViT-B/14 + LVM-Med ViT-B pair (random weights in the real checkpoint layouts: parameter
+counts do not depend on the values), next to the papers' Total Params column.
 
     python benchmarks/params_table.py
 """

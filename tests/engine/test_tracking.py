@@ -10,7 +10,7 @@ from medvtab.cli import app
 
 
 def test_tensorboard_and_mlflow_log_the_run(small_task, tmp_path, monkeypatch):
-    mlflow = pytest.importorskip("mlflow", reason="the 'track' extra is not installed")
+    mlflow = pytest.importorskip("mlflow", reason="the 'tracking' extra is not installed")
     # a local file store (a server or database URI in real use); MLflow 3 asks for this opt-in
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -38,7 +38,7 @@ def test_tensorboard_and_mlflow_log_the_run(small_task, tmp_path, monkeypatch):
 
 
 def test_bad_mlflow_uri_is_a_one_line_error(small_task, tmp_path):
-    pytest.importorskip("mlflow", reason="the 'track' extra is not installed")
+    pytest.importorskip("mlflow", reason="the 'tracking' extra is not installed")
     got = CliRunner().invoke(app, ["train", "--task", str(small_task), "--method", "linear", "--epochs", "1",
                                    "--out", str(tmp_path / "run"), "--mlflow", "nosuchscheme://x"])
     assert got.exit_code != 0

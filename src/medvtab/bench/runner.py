@@ -34,6 +34,7 @@ from typing import Callable, Iterator
 from medvtab.bench.grid import describe, execution_order, unique_runs
 from medvtab.bench.store import RUNS, RunSpec, is_finished, run_dir, write_grid
 from medvtab.errors import MedvtabError
+from medvtab.extras import require
 
 LOCKS, FAILURES = "locks", "failures"
 EXECUTORS = ("serial", "ray")
@@ -348,12 +349,7 @@ def _run_serial(root, todo, device, data_root, threads, summary, console) -> Non
 
 
 def import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise MedvtabError("option '--executor ray': Ray is not installed; install it with "
-                           "`pip install medvtab[ray]`") from None
-    return ray
+    return require("ray", extra="ray", feature="option '--executor ray'")
 
 
 def _run_ray(root, todo, device, data_root, address, workers, threads, summary, console) -> None:

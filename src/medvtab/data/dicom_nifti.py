@@ -1,6 +1,6 @@
 """DICOM and NIfTI files decoded to uint8 images (for ``medvtab data prepare``; training reads prepared arrays).
 
-A module of its own so that loading a task never imports pydicom and nibabel.
+pydicom and nibabel are the optional extra medvtab[medical-formats], imported when a file is read.
 
 DICOM policy: pixel values go through RescaleSlope / RescaleIntercept; CT (Modality CT) is windowed (values
 clipped to [c - w/2, c + w/2] and scaled to 0..255); any other modality is min-max scaled per image;
@@ -15,12 +15,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
-import pydicom
 
 from medvtab.data.images import minmax_to_uint8, scale_to_uint8
 from medvtab.errors import MedvtabError
+from medvtab.extras import require
 
 DEFAULT_WINDOW = (40.0, 400.0)  # CT soft tissue: centre, width (HU)
 DEFAULT_SLICES = 8
@@ -33,6 +32,7 @@ def _why(err: Exception) -> str:
 
 def read_dicom(path: Path, window: tuple[float, float] = DEFAULT_WINDOW) -> tuple[np.ndarray, str, str]:
     """(uint8 (H, W) or (H, W, 3), patient id, study id) under the module's DICOM policy."""
+    pydicom = require("pydicom", extra="medical-formats", feature="DICOM input")
     try:
         ds = pydicom.dcmread(str(path))
         arr = np.asarray(ds.pixel_array)
@@ -62,6 +62,7 @@ def nifti_stem(path: Path) -> str:
 
 def read_nifti(path: Path, slices: int = DEFAULT_SLICES) -> list[np.ndarray]:
     """The middle ``slices`` axial slices, uint8 (H, W), under the module's NIfTI policy."""
+    nib = require("nibabel", extra="medical-formats", feature="NIfTI input")
     try:
         img = nib.as_closest_canonical(nib.load(str(path)))
         vol = np.asarray(img.dataobj, dtype=np.float64)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 
 from medvtab.errors import MedvtabError
+from medvtab.extras import require
 
 TORCHRUN_VARS = ("LOCAL_WORLD_SIZE", "WORLD_SIZE", "RANK")
 
@@ -48,6 +49,8 @@ def launch(device: str, devices: int, num_nodes: int, strategy: str = "ddp"):
         num_nodes = int(os.environ["WORLD_SIZE"]) // devices
     elif devices == 1 and num_nodes == 1:
         return None
+    require("lightning_fabric", extra="distributed", feature="training on several processes",
+            package="lightning-fabric")
     from lightning_fabric import Fabric
     from lightning_fabric.strategies import DDPStrategy, FSDPStrategy
 

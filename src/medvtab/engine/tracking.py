@@ -1,6 +1,6 @@
 """Optional experiment tracking: TensorBoard event files in the run directory, and MLflow runs.
 
-Both are extras (``pip install medvtab[track]``) and imported only when asked for. Every epoch's row of the
+Both are extras (``pip install medvtab[tracking]``) and imported only when asked for. Every epoch's row of the
 training log is logged as it happens (step = epoch); at the end, the test metrics, the run's parameters (method,
 task, protocol, seed, backbones, training config, method options) and, for MLflow, the run directory's files
 as artifacts.
@@ -11,17 +11,11 @@ import math
 from pathlib import Path
 
 from medvtab.errors import MedvtabError
+from medvtab.extras import require
 
 TENSORBOARD_DIR = "tensorboard"
 FINAL_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "mean_ap", "exact_match", "majority_rate",
               "trainable_params", "params_ratio", "eval_images_per_second", "train_seconds")
-
-
-def _need(module: str):
-    try:
-        return __import__(module, fromlist=["_"])
-    except ImportError:
-        raise MedvtabError(f"tracking needs '{module}': pip install 'medvtab[track]'") from None
 
 
 def _flat(prefix: str, value, out: dict) -> dict:
@@ -45,9 +39,10 @@ class Tracker:
                  experiment: str = "medvtab", run_name: str | None = None):
         self.tb = self.mlflow = None
         if tensorboard_dir is not None:
-            self.tb = _need("torch.utils.tensorboard").SummaryWriter(log_dir=str(tensorboard_dir))
+            self.tb = require("torch.utils.tensorboard", extra="tracking", feature="option '--tensorboard'",
+                              package="tensorboard").SummaryWriter(log_dir=str(tensorboard_dir))
         if mlflow_uri is not None:
-            self.mlflow = _need("mlflow")
+            self.mlflow = require("mlflow", extra="tracking", feature="option '--mlflow'", package="mlflow-skinny")
             try:
                 self.mlflow.set_tracking_uri(mlflow_uri)
                 self.mlflow.set_experiment(experiment)

@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from medvtab.errors import MedvtabError
+from medvtab.extras import require
 
 vqa_app = typer.Typer(add_completion=False, no_args_is_help=True,
                       help="MedVQA by fusion: vision encoder + Q-Former + language model with LoRA.")
@@ -18,7 +19,7 @@ def threads(threads: int = typer.Option(1, min=1, help="torch CPU threads (defau
                                                         "from more, and two threads stall whenever a core is "
                                                         "busy on a small shared machine).")):
     import torch
-    from transformers.utils import logging as hf_logging
+    hf_logging = require("transformers.utils.logging", extra="vqa", feature="medvtab vqa", package="transformers")
 
     torch.set_num_threads(threads)
     hf_logging.disable_progress_bar()  # per-file load/save bars of the tiny LM drown the stage notes
