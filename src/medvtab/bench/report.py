@@ -787,7 +787,7 @@ def _layer_counts(run_cfg: dict, depth: int | None) -> list[str]:
     count = layers
     if depth:
         try:
-            from medvtab.methods.dynamer import parse_layers
+            from medvtab.methods.dynamer.config import parse_layers
             count = f"{len(parse_layers(layers, depth))} ({layers})"
         except MedvtabError:
             pass
@@ -803,7 +803,7 @@ def _backbone_field(runs: list[Run], name: str) -> list | None:
 
 
 def ablation_section(bench: Bench, group: str) -> Section:
-    from medvtab.methods.dynamer import SKIP_MODES
+    from medvtab.methods.dynamer.config import SKIP_MODES
 
     titles = {GATES: ("Ablation: gates (Table 4)", "Accuracy with and without each stream's gate",
                       ["General gate", "Medical gate"]),

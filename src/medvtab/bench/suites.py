@@ -84,7 +84,7 @@ def mini_ablations(quick: bool = False) -> GridConfig:
     (Table 6; the tiny experts have 4 blocks, so 4/3/2/1 layers stand for the paper's 12/6/3/1), and the
     skipping router's keep ratio with each skip mode (Table 7; metrics.json has ms_per_batch and
     eval_images_per_second). The default configuration is in every group and runs once."""
-    from medvtab.methods.dynamer import SKIP_MODES
+    from medvtab.methods.dynamer.config import SKIP_MODES
 
     budget = BUDGETS[_profile(quick)]
 

@@ -7,7 +7,7 @@
    DynaMer's, and its peak memory (``torch.cuda.max_memory_allocated`` on a GPU; on a CPU the resident set
    size, sampled every half millisecond during the step).
 4. ``moe``: the MoE adapter computed densely and gathered per expert, their outputs compared, and which one
-   ``auto`` picks for each size (see :class:`medvtab.methods.dynamer.SharedExperts`).
+   ``auto`` picks for each size (see :class:`medvtab.methods.dynamer.experts.SharedExperts`).
 5. ``loading``: producing training batches (the engine's path: in-memory uint8 images, random order,
    ``random_shift``; on a GPU pinned storage and non-blocking copies) against DynaMer training steps.
 6. ``flops``: FLOPs per image (``torch.utils.flop_counter``: matrix products and attention, not element-wise
@@ -37,7 +37,7 @@ import torch
 
 from medvtab.engine.speed import compile_with_fallback, keep_freed_memory, set_grad_checkpointing
 from medvtab.errors import MedvtabError
-from medvtab.methods.dynamer import SKIP_MODES
+from medvtab.methods.dynamer.config import SKIP_MODES
 from medvtab.perf.timing import interleaved, summary
 
 KEEP_RATIOS = (1.0, 0.5, 0.3, 0.1)
@@ -534,7 +534,7 @@ def measure_train_steps(ctx: Context) -> dict:
 def measure_moe(ctx: Context) -> dict:
     from medvtab.backbones import check_alignment
     from medvtab.methods import make_config
-    from medvtab.methods.dynamer import SharedExperts
+    from medvtab.methods.dynamer.experts import SharedExperts
 
     cfg = make_config("dynamer", {})
     gi, mi = ctx.general.info, ctx.medical.info
