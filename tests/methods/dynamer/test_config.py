@@ -34,8 +34,6 @@ def test_hidden_widths_default_to_a_twelfth_of_the_width():
 
 
 def test_field_order_and_defaults_are_those_run_ids_hash():
-    assert DynaMerConfig().model_dump() == {
-        "num_experts": 4, "top_k": 2, "bottleneck": None, "router_hidden": None, "gates": "both", "gate_dim": "1",
-        "layers": "all", "keep_ratio": 1.0, "skip_mode": "adapter", "balance_weight": 0.01}
-    assert list(DynaMerConfig().model_dump()) == ["num_experts", "top_k", "bottleneck", "router_hidden", "gates",
-                                                  "gate_dim", "layers", "keep_ratio", "skip_mode", "balance_weight"]
+    assert list(DynaMerConfig().model_dump().items()) == [
+        ("num_experts", 4), ("top_k", 2), ("bottleneck", None), ("router_hidden", None), ("gates", "both"),
+        ("gate_dim", "1"), ("layers", "all"), ("keep_ratio", 1.0), ("skip_mode", "adapter"), ("balance_weight", 0.01)]

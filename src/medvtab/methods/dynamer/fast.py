@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medvtab.backbones.base import gather_tokens, put_tokens
+from medvtab.backbones.base import BackboneInfo, gather_tokens, put_tokens
 from medvtab.methods.dual_stream import ALL_TOKENS, Picks, StepHints
+from medvtab.methods.dynamer.config import DynaMerConfig
 from medvtab.methods.dynamer.layer import DynaMerLayer, StreamParts
 
 # Single-thread CPU matrix products (MKL) run several times slower with a few output columns than with 16. So
@@ -57,8 +58,8 @@ def softmax_sorted(values: torch.Tensor) -> torch.Tensor:
 class FastDynaMerLayer(DynaMerLayer):
     """:class:`DynaMerLayer` computed faster; ``fast = False`` runs the paper's layer (the reference)."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, cfg: DynaMerConfig, general: BackboneInfo, medical: BackboneInfo, merges_cls: bool):
+        super().__init__(cfg, general, medical, merges_cls)
         self.fast = True
 
     def skip_scores(self, s: int, tokens: torch.Tensor) -> torch.Tensor:
