@@ -44,7 +44,9 @@ class StepHints(NamedTuple):
     # of writing them into the stream tensor for the block to gather again (the tensor is stale at those rows
     # until the block's output lands).
     carry: bool = False
-    needed: tuple[str, str] = ALL_TOKENS  # per stream, what of the output is read (see DualStreamRunner.final_needed)
+    # Per stream, what of the output is read: "all", "cls" (the CLS alone) or "none" (see
+    # DualStreamRunner.final_needed).
+    needed: tuple[str, str] = ALL_TOKENS
 
 
 class DualStreamHook(nn.Module):

@@ -178,7 +178,8 @@ class MoEAdapterConfig(MethodConfig):
 
 
 class MoEAdapterLayer(DualStreamHook):
-    """The hook after one block: per stream an MLP on ``[x_gen,i ; x_med,i]`` whose output replaces x_s,i."""
+    """The hook after one block: per stream an MLP on ``[x_gen,i ; x_med,i]`` whose output replaces x_s,i. Every
+    token goes through every block (no picks) and the runner's hints are not needed."""
 
     def __init__(self, cfg: MoEAdapterConfig, general: BackboneInfo, medical: BackboneInfo, merges_cls: bool):
         super().__init__()
@@ -193,7 +194,7 @@ class MoEAdapterLayer(DualStreamHook):
         pair = torch.cat([mg, mm], dim=-1)
         new_g = mg + self.adapters[0](pair)  # residual form of Adapter_gen([x_gen; x_med])
         new_m = mm + self.adapters[1](pair)
-        return _join(pg, new_g), _join(pm, new_m), None  # every token goes through the next block
+        return _join(pg, new_g), _join(pm, new_m), None
 
 
 # --- GMoE-Adapter -----------------------------------------------------------------------------------------
@@ -204,7 +205,7 @@ class GMoEAdapterConfig(MethodConfig):
 
 class GMoEAdapterLayer(DualStreamHook):
     """The hook after one block: experts A_g(x_gen), A_m(x_med); per stream a softmax gate over the two from
-    its own token; the weighted sum is added to both streams."""
+    its own token; the weighted sum is added to both streams. Like :class:`MoEAdapterLayer`, no picks, no hints."""
 
     def __init__(self, cfg: GMoEAdapterConfig, general: BackboneInfo, medical: BackboneInfo, merges_cls: bool):
         super().__init__()
