@@ -156,11 +156,18 @@ class Backbone(nn.Module):
         out = self.block(i, gather_tokens(tokens, rows) if subset is None else subset, keep)
         return put_tokens(tokens, rows, out, inplace)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        tokens = self.embed(self.preprocess(images))
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> the first block's input tokens (:meth:`preprocess`, then :meth:`embed`)."""
+        return self.embed(self.preprocess(images))
+
+    def run_blocks(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Every block, in order, on all of ``tokens`` -> the last block's output."""
         for i in range(self.depth):
             tokens = self.block(i, tokens)
-        return self.summary(tokens)
+        return tokens
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.summary(self.run_blocks(self.embed_images(images)))
 
     @property
     def info(self) -> BackboneInfo:

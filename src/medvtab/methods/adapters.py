@@ -173,6 +173,7 @@ class LoRAModel(SingleStreamModel):
     """A private copy of the backbone with peft LoRA layers in its ``target_modules``, and a linear head."""
 
     def __init__(self, cfg: LoRAConfig, backbone: Backbone, num_classes: int):
+        # Imported here: peft pulls in transformers (seconds), which no other method needs at CLI start-up.
         from peft import LoraConfig as PeftLoraConfig, inject_adapter_in_model
 
         backbone = private_copy(backbone)
@@ -183,7 +184,7 @@ class LoRAModel(SingleStreamModel):
         super().__init__(backbone, num_classes)
 
     def lora_layers(self) -> list[nn.Module]:
-        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.tuners.tuners_utils import BaseTunerLayer  # here: see __init__
 
         return [m for m in self.backbone.model.modules() if isinstance(m, BaseTunerLayer)]
 

@@ -69,10 +69,8 @@ from medvtab.backbones.base import BackboneInfo
 from medvtab.errors import MedvtabError
 from medvtab.methods.adapters import BottleneckAdapter, inject_pfeiffer_adapters
 from medvtab.methods.base import AdaptedModel, MethodConfig, register_method
-from medvtab.methods.dual_stream import DualStreamRunner
+from medvtab.methods.dual_stream import STREAMS, DualStreamHook, DualStreamRunner, Picks, StepHints, merge_starts
 from medvtab.methods.single_stream import private_copy
-
-STREAMS = ("general", "medical")
 
 
 def _require_pair(method: str, general: Backbone, medical: Backbone | None, lockstep: bool):
@@ -82,10 +80,6 @@ def _require_pair(method: str, general: Backbone, medical: Backbone | None, lock
     if lockstep or general.grid != medical.grid:  # MoF runs the streams apart: only the grid must match
         alignment.require()
     return alignment
-
-
-def _merge_starts(general: BackboneInfo, medical: BackboneInfo, merges_cls: bool) -> list[int]:
-    return [0 if merges_cls else info.num_prefix_tokens for info in (general, medical)]
 
 
 def _split(x: torch.Tensor, start: int) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -162,9 +156,7 @@ class MoFModel(AdaptedModel):
         """Each adapted stream on its own -> its final normed patch tokens, projected to the common width."""
         out = []
         for backbone, project in zip((self.general, self.medical), self.project):
-            tokens = backbone.embed(backbone.preprocess(images))
-            for i in range(backbone.depth):
-                tokens = backbone.block(i, tokens)
+            tokens = backbone.run_blocks(backbone.embed_images(images))
             out.append(project(final_patch_tokens(backbone, tokens)))
         return out[0], out[1]
 
@@ -185,22 +177,24 @@ class MoEAdapterConfig(MethodConfig):
     bottleneck: int = Field(528, ge=1, description="hidden width of each stream's MLP on the token pair")
 
 
-class MoEAdapterLayer(nn.Module):
-    """The hook after one block: per stream an MLP on ``[x_gen,i ; x_med,i]`` whose output replaces x_s,i."""
+class MoEAdapterLayer(DualStreamHook):
+    """The hook after one block: per stream an MLP on ``[x_gen,i ; x_med,i]`` whose output replaces x_s,i. Every
+    token goes through every block (no picks) and the runner's hints are not needed."""
 
     def __init__(self, cfg: MoEAdapterConfig, general: BackboneInfo, medical: BackboneInfo, merges_cls: bool):
         super().__init__()
-        self.starts = _merge_starts(general, medical, merges_cls)
+        self.starts = merge_starts(general, medical, merges_cls)
         pair = general.width + medical.width
         self.adapters = nn.ModuleList(BottleneckAdapter(pair, cfg.bottleneck, "gelu", out_width=info.width)
                                       for info in (general, medical))
 
-    def forward(self, xg: torch.Tensor, xm: torch.Tensor):
+    def forward(self, xg: torch.Tensor, xm: torch.Tensor, picks: Picks | None = None,
+                hints: StepHints = StepHints()):
         (pg, mg), (pm, mm) = _split(xg, self.starts[0]), _split(xm, self.starts[1])
         pair = torch.cat([mg, mm], dim=-1)
         new_g = mg + self.adapters[0](pair)  # residual form of Adapter_gen([x_gen; x_med])
         new_m = mm + self.adapters[1](pair)
-        return _join(pg, new_g), _join(pm, new_m), None  # every token goes through the next block
+        return _join(pg, new_g), _join(pm, new_m), None
 
 
 # --- GMoE-Adapter -----------------------------------------------------------------------------------------
@@ -209,13 +203,13 @@ class GMoEAdapterConfig(MethodConfig):
     bottleneck: int = Field(816, ge=1, description="hidden width of the general and the medical expert")
 
 
-class GMoEAdapterLayer(nn.Module):
+class GMoEAdapterLayer(DualStreamHook):
     """The hook after one block: experts A_g(x_gen), A_m(x_med); per stream a softmax gate over the two from
-    its own token; the weighted sum is added to both streams."""
+    its own token; the weighted sum is added to both streams. Like :class:`MoEAdapterLayer`, no picks, no hints."""
 
     def __init__(self, cfg: GMoEAdapterConfig, general: BackboneInfo, medical: BackboneInfo, merges_cls: bool):
         super().__init__()
-        self.starts = _merge_starts(general, medical, merges_cls)
+        self.starts = merge_starts(general, medical, merges_cls)
         width = max(general.width, medical.width)
         self.experts = nn.ModuleList(BottleneckAdapter(info.width, cfg.bottleneck, "gelu", out_width=width)
                                      for info in (general, medical))
@@ -229,7 +223,8 @@ class GMoEAdapterLayer(nn.Module):
         """``(..., 2)``: stream ``s``'s weights of the general and the medical expert for each token."""
         return self.gates[s](x).softmax(dim=-1)
 
-    def forward(self, xg: torch.Tensor, xm: torch.Tensor):
+    def forward(self, xg: torch.Tensor, xm: torch.Tensor, picks: Picks | None = None,
+                hints: StepHints = StepHints()):
         (pg, mg), (pm, mm) = _split(xg, self.starts[0]), _split(xm, self.starts[1])
         expert_out = torch.stack([self.experts[0](mg), self.experts[1](mm)], dim=-2)  # (B, T, 2, width)
         new = []

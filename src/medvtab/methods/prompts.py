@@ -159,7 +159,7 @@ class PromptedModel(SingleStreamModel):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         b = self.backbone
-        tokens = self.encode(b.embed(b.preprocess(images)))
+        tokens = self.encode(b.embed_images(images))
         return b.summary(self.drop_prompts(tokens))
 
 
@@ -173,11 +173,7 @@ class VPTShallow(PromptedModel):
         self.prompts = self._new_prompts()  # (M, D)
 
     def encode(self, tokens):
-        b = self.backbone
-        tokens = self.insert(tokens, self.prompt_dropout(self.prompts))
-        for i in range(b.depth):
-            tokens = b.block(i, tokens)
-        return tokens
+        return self.backbone.run_blocks(self.insert(tokens, self.prompt_dropout(self.prompts)))
 
 
 class VPTDeep(PromptedModel):

@@ -41,10 +41,7 @@ class SingleStreamModel(AdaptedModel):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         b = self.backbone
-        tokens = b.embed(b.preprocess(images))
-        for i in range(b.depth):
-            tokens = b.block(i, tokens)
-        return b.summary(tokens)
+        return b.summary(b.run_blocks(b.embed_images(images)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))

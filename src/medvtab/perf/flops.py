@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from medvtab.methods.dynamer import SKIP_MODES
+from medvtab.methods.dynamer.config import SKIP_MODES
 from medvtab.perf.context import Context, under_inference
 from medvtab.perf.skipping import KEEP_RATIOS, ratio_key
 

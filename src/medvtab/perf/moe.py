@@ -1,5 +1,5 @@
 """Section ``moe``: the MoE adapter of one DynaMer layer computed densely and gathered per expert, their outputs
-compared, and which one ``auto`` picks for each size (see :class:`medvtab.methods.dynamer.SharedExperts`)."""
+compared, and which one ``auto`` picks for each size (see :class:`medvtab.methods.dynamer.experts.SharedExperts`)."""
 from __future__ import annotations
 
 import torch
@@ -7,7 +7,7 @@ import torch
 from medvtab.backbones import check_alignment
 from medvtab.engine.loop import _autocast
 from medvtab.methods import make_config
-from medvtab.methods.dynamer import SharedExperts
+from medvtab.methods.dynamer.experts import SharedExperts
 from medvtab.perf.context import Context, under_inference
 
 

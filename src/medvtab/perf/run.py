@@ -27,7 +27,7 @@ from dataclasses import asdict
 from typing import Callable
 
 from medvtab.engine.speed import keep_freed_memory
-from medvtab.methods.dynamer import SKIP_MODES
+from medvtab.methods.dynamer.config import SKIP_MODES
 from medvtab.perf.backbones import measure_backbones
 from medvtab.perf.context import Context, PerfConfig, machine_record, make_context
 from medvtab.perf.flops import achieved, flop_skip_speedups, measure_flops

@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from medvtab.methods.dynamer import SKIP_MODES
+from medvtab.methods.dynamer.config import SKIP_MODES
 from medvtab.perf.context import Context, under_inference
 from medvtab.perf.timing import CLOCKS, summary, synchronizer
 

@@ -7,7 +7,7 @@ import torch
 
 from medvtab.backbones import random_init
 from medvtab.methods import build_model, make_config
-from medvtab.methods.dynamer import SKIP_MODES
+from medvtab.methods.dynamer.config import SKIP_MODES
 from medvtab.perf.context import NUM_CLASSES, Compiler, Context, under_inference
 from medvtab.perf.flops import count_flops, flop_skip_speedups
 from medvtab.perf.skipping import BLOCK_SKIP_MODES, KEEP_RATIOS, case_name, ratio_key

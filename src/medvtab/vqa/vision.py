@@ -58,10 +58,7 @@ class VisionEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.dynamer is None:
             b = self.backbone
-            tokens = b.embed(b.preprocess(images))
-            for i in range(b.depth):
-                tokens = b.block(i, tokens)
-            return final_tokens(b, tokens)
+            return final_tokens(b, b.run_blocks(b.embed_images(images)))
         runner = self.dynamer.runner
         xg, xm = runner(images)
         xg = final_tokens(runner.general, xg)[:, runner.general.num_prefix_tokens - self.prefix:]

@@ -13,7 +13,7 @@ from medvtab.bench.report.stats import mean_std
 from medvtab.bench.report.tables import (FLOOR_NOTE, MISSING, C, Cell, Section, Table, floor_row, floors, group_section,
                                          mark_best, ordered, pct_cell, ratio_cell, seed_note)
 from medvtab.errors import MedvtabError
-from medvtab.methods.dynamer import SKIP_MODES, parse_layers
+from medvtab.methods.dynamer.config import SKIP_MODES, parse_layers
 
 STREAMS = ("general", "medical")
 GATE_RANK = {"none": 0, "general": 1, "medical": 2, "both": 3}
