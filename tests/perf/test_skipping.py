@@ -2,7 +2,6 @@
 host on a GPU (the skip modes' equality with the paper's layer: tests/methods/dynamer/test_fast.py)."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 
