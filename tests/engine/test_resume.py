@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from medvtab.engine.loop import load_checkpoint
+from medvtab.engine.state import load_checkpoint
 from medvtab.errors import MedvtabError
 
 TRAIN = [sys.executable, "-m", "medvtab.cli", "train", "--method", "dynamer", "--epochs", "5", "--batch-size", "8",

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medvtab.atomic import staged_run_dir
+from medvtab.atomic import staged_dir
 from medvtab.data import manifest
 from medvtab.data.tasks import IMAGE_SUFFIXES, _load_npz, read_image
 from medvtab.errors import MedvtabError
@@ -471,6 +471,6 @@ def prepare(task: str, src: str | Path, out: str | Path, *, layout: str | None =
     rows = [{"index": i, "source_path": it.source_path,
              "label": ";".join(str(int(v)) for v in y) if multi else int(y), "patient_id": it.patient_id,
              "study_id": it.study_id, "split": it.split} for i, (it, y) in enumerate(zip(items, labels))]
-    with staged_run_dir(out) as stage:
+    with staged_dir(out) as stage:
         manifest.write_prepared(stage, meta, rows, images)
     return meta

@@ -33,6 +33,7 @@ from timm.models.vision_transformer import VisionTransformer
 from medvtab.atomic import atomic_write, write_json
 from medvtab.backbones import tiny
 from medvtab.backbones.vit import ViTBackbone
+from medvtab.engine.schedule import warmup_cosine, warmup_steps
 from medvtab.errors import MedvtabError
 
 SIZE = tiny.ARCH["img_size"]
@@ -145,13 +146,6 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 # --- training ---------------------------------------------------------------------------------------------
 
-def lr_at(step: int, total: int, lr: float) -> float:
-    warmup = max(1, int(WARMUP_FRACTION * total))
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    return 0.5 * lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int, seed: int,
                      batch_size: int, lr: float, on_step=None, on_note=None) -> tuple[VisionTransformer, list]:
     torch.manual_seed(seed)
@@ -164,6 +158,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
     n = len(labels)
     steps_per_epoch = math.ceil(n / batch_size)
     total = epochs * steps_per_epoch
+    warmup = warmup_steps(total, WARMUP_FRACTION)
     step, log = 0, []
     model.train()
     for epoch in range(epochs):
@@ -173,7 +168,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
             idx = order[i:i + batch_size]
             x, y = augment(normalise(images[idx]), g), labels[idx]
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, total, lr)
+                group["lr"] = warmup_cosine(step, total, warmup, lr)
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=LABEL_SMOOTHING)
             opt.zero_grad(set_to_none=True)

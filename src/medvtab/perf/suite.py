@@ -35,7 +35,7 @@ from typing import Callable
 
 import torch
 
-from medvtab.engine.speed import compile_with_fallback, keep_freed_memory, set_grad_checkpointing
+from medvtab.engine.acceleration import compile_with_fallback, keep_freed_memory, set_grad_checkpointing
 from medvtab.errors import MedvtabError
 from medvtab.methods.dynamer import SKIP_MODES
 from medvtab.perf.timing import interleaved, summary
@@ -199,7 +199,7 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 
 class Compiler:
-    """``torch.compile`` with a fallback (:func:`medvtab.engine.speed.compile_with_fallback`): a module whose
+    """``torch.compile`` with a fallback (:func:`medvtab.engine.acceleration.compile_with_fallback`): a module whose
     compiled form fails its first call runs eagerly, and the reason is kept."""
 
     def __init__(self, enabled: bool):
@@ -419,7 +419,7 @@ def measure_skip(ctx: Context, flops: dict) -> dict:
 # --- 3. training steps ----------------------------------------------------------------------------------------
 
 def _train_step(model, images, labels, device: torch.device) -> Callable[[], None]:
-    from medvtab.engine.loop import task_loss
+    from medvtab.engine.evaluate import task_loss
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
@@ -855,7 +855,7 @@ def make_context(cfg: PerfConfig) -> Context:
 def run_perf(cfg: PerfConfig, on_progress: Callable[[str], None] = lambda m: None) -> dict:
     """Every measurement, in one process; the result is JSON-ready."""
     started = time.perf_counter()
-    malloc_tuned = keep_freed_memory()  # as the CLI does for every command (see medvtab.engine.speed)
+    malloc_tuned = keep_freed_memory()  # as the CLI does for every command (see medvtab.engine.acceleration)
     ctx = make_context(cfg)
     device, general, medical = ctx.device, ctx.general, ctx.medical
     durations = {}
