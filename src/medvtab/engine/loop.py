@@ -257,8 +257,8 @@ def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
             break
         if model.caches_features and val_features is None:  # the first epoch pays for the features, once
             training.features, val_features = (
-                batches.evaluate(lambda b, x=x: backbone_features(model, x, b, device), len(x), "eval",
-                                        epoch, epoch - 1) for x in (train_x, val_x))
+                batches.evaluate(lambda b, x=x: backbone_features(model, x, b, device), len(x), "eval", epoch,
+                                 epoch - 1) for x in (train_x, val_x))
         running, seen = train_epoch(training, state, epoch)
         scored = batches.evaluate(
             lambda b: (evaluate_features(model, val_features, val.y, b) if val_features is not None
