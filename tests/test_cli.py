@@ -199,7 +199,7 @@ def test_predict_prints_one_json_line_per_image(trained, two_test_images):
 
 
 def test_load_run_round_trip(trained, bundled):
-    from medvtab.engine.loop import evaluate
+    from medvtab.engine.evaluate import evaluate
     from medvtab.engine.metrics import classification_metrics
     from medvtab.engine.run import load_run
 

@@ -42,18 +42,16 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write(Path(path), write)
 
 
-def check_new_run_dir(out: Path) -> None:
+def check_new_dir(out: Path) -> None:
+    """``out`` may become an output directory: it does not exist, or is empty."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if (out / "checkpoint.pt").is_file() and not (out / "metrics.json").exists():
-            raise MedvtabError(f"{out}: holds an unfinished run; continue it with --resume {out}, or choose a "
-                               f"new --out")
         raise MedvtabError(f"{out}: output directory exists and is not empty; choose a new --out")
 
 
 @contextmanager
-def staged_run_dir(out: Path):
+def staged_dir(out: Path):
     """Yield a temporary sibling directory; on success it becomes ``out``, on failure it is removed."""
-    check_new_run_dir(out)
+    check_new_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
     try:

@@ -181,7 +181,7 @@ def predict(
     import torch
 
     from medvtab.data.images import read_image
-    from medvtab.engine.loop import to_probs
+    from medvtab.engine.evaluate import to_probs
     from medvtab.engine.metrics import THRESHOLD
     from medvtab.engine.run import load_run
 
@@ -419,7 +419,7 @@ app.add_typer(vqa_app, name="vqa", help="MedVQA: vision encoder + Q-Former + LM 
 
 
 def main() -> None:
-    from medvtab.engine.speed import keep_freed_memory
+    from medvtab.engine.acceleration import keep_freed_memory
 
     keep_freed_memory()  # every command: CPU forwards without a page fault per activation buffer
     try:

@@ -16,7 +16,7 @@ from medvtab.cli import app
 from medvtab.data.check import check_task
 from medvtab.data.convert import prepare
 from medvtab.data.loading import bundled_path, load_task
-from medvtab.engine.loop import task_loss
+from medvtab.engine.evaluate import task_loss
 from medvtab.engine.metrics import multilabel_metrics, selection_score
 from medvtab.errors import MedvtabError
 

@@ -17,7 +17,10 @@ import torch
 
 from medvtab.engine import rundir
 from medvtab.engine import run as run_module
-from medvtab.engine.loop import BatchSizes, TrainConfig, evaluate, load_checkpoint
+from medvtab.engine.batches import BatchSizes
+from medvtab.engine.evaluate import evaluate
+from medvtab.engine.loop import TrainConfig
+from medvtab.engine.state import load_checkpoint
 from medvtab.engine.run import train_run
 from medvtab.errors import MedvtabError
 

@@ -20,7 +20,7 @@ from safetensors import safe_open
 
 from medvtab.backbones import load_backbone, tiny
 from medvtab.data.leakage import image_digest
-from medvtab.engine.pretrain import augment, drop_train_duplicates, features, lr_at, random_init_backbone, to_input
+from medvtab.engine.pretrain import augment, drop_train_duplicates, features, random_init_backbone, to_input
 from medvtab.errors import MedvtabError
 
 DATA = Path(os.environ.get("MEDVTAB_DATA", "/work/shared/data"))
@@ -166,9 +166,3 @@ def test_inputs_are_area_resized_and_augmentation_keeps_shapes():
     # every output is a shifted (possibly flipped) crop: its centre pixel exists in the input image
     for i in range(16):
         assert torch.isclose(batch[i, 0].flatten()[:, None], out[i, 0, 14, 14]).any()
-
-
-def test_learning_rate_warms_up_then_decays_to_zero():
-    lrs = [lr_at(s, 100, 1e-3) for s in range(100)]
-    assert lrs[0] < lrs[4] == pytest.approx(1e-3)
-    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:])) and lrs[-1] < 1e-5

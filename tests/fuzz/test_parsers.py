@@ -187,7 +187,7 @@ def _zip_bytes(files: dict[str, bytes]) -> bytes:
 @example(b"", "checkpoint.pt")  # found: torch's empty-message error broke the message (IndexError)
 def test_checkpoint_files(tmp_path_factory, data, name):
     from medvtab.backbones.checkpoint import read_state_dict
-    from medvtab.engine.loop import load_checkpoint
+    from medvtab.engine.state import load_checkpoint
 
     path = fresh(tmp_path_factory, "ckpt") / name
     path.write_bytes(data)

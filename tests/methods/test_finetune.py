@@ -5,7 +5,8 @@ import torch
 
 from medvtab.backbones import load_backbone
 from medvtab.data import Split
-from medvtab.engine.loop import TrainConfig, backbone_features, evaluate, evaluate_features, fit
+from medvtab.engine.evaluate import backbone_features, evaluate, evaluate_features
+from medvtab.engine.loop import TrainConfig, fit
 from medvtab.errors import MedvtabError
 from medvtab.methods import build_model, count_parameters, make_config, parameter_counts
 

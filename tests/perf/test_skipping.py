@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medvtab.backbones.base import gather_tokens
 
 
 def test_run_block_with_a_handed_over_subset_or_in_place_equals_the_plain_one(pair):

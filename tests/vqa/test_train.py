@@ -5,7 +5,7 @@ import pytest
 
 from medvtab.errors import MedvtabError
 from medvtab.vqa import data as vqa_data
-from medvtab.vqa.train import StageOptions, evaluate, lr_at, read_config, texts_of, train_stage
+from medvtab.vqa.train import StageOptions, evaluate, read_config, texts_of, train_stage
 
 TINY = dict(num_queries=4, qformer_hidden=32, qformer_layers=1, qformer_heads=2, epochs=1, batch_size=8, limit=16)
 
@@ -71,12 +71,6 @@ def test_evaluate_writes_answers_and_metrics_with_baselines(chain, tmp_path):
     assert metrics["lineage"][-1] == str((root / "finetune").resolve())
     with pytest.raises(MedvtabError, match="caption stage run answers no questions"):
         evaluate(root / "caption", "vqa-rad", "test", limit=4)
-
-
-def test_learning_rate_schedule_warms_up_then_decays():
-    lrs = [lr_at(s, 100, 1.0) for s in range(100)]
-    assert lrs[0] < lrs[4] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1, abs=1e-3)
-    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
 
 
 def test_the_image_blind_baseline_starts_from_the_same_weights_in_any_process(chain, monkeypatch):

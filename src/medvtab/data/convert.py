@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medvtab.atomic import staged_run_dir
+from medvtab.atomic import staged_dir
 from medvtab.data import manifest
 from medvtab.data.catalogue import get_task, task_dict
 from medvtab.data.dicom_nifti import DEFAULT_SLICES, DEFAULT_WINDOW, nifti_stem, read_dicom, read_nifti
@@ -383,6 +383,6 @@ def prepare(task: str, src: str | Path, out: str | Path, *, layout: str | None =
     rows = [{"index": i, "source_path": it.source_path,
              "label": ";".join(str(int(v)) for v in y) if multi else int(y), "patient_id": it.patient_id,
              "study_id": it.study_id, "split": it.split} for i, (it, y) in enumerate(zip(items, labels))]
-    with staged_run_dir(out) as stage:
+    with staged_dir(out) as stage:
         manifest.write_prepared(stage, meta, rows, images)
     return meta

@@ -1,1 +1,7 @@
-"""Training and evaluation: the loop, metrics, and run directories."""
+"""Training and evaluation.
+
+run (one run: task to run directory) -> loop (``fit``: the epochs) -> state (``TrainState``: what a checkpoint
+holds), schedule (warm-up + cosine), batches (batch sizes, CUDA out of memory), evaluate (passes and the loss),
+precision (autocast), acceleration (torch.compile, gradient checkpointing), distributed (Fabric); metrics,
+rundir (run-directory files), tracking (TensorBoard / MLflow), pretrain (the tiny backbones' pre-training).
+"""

@@ -36,6 +36,7 @@ from medvtab.data.catalogue import get_task
 from medvtab.data.leakage import catalogue_name, image_digest
 from medvtab.data.loading import read_npz
 from medvtab.data.splits import stratified_split
+from medvtab.engine.schedule import warmup_cosine, warmup_steps
 from medvtab.errors import MedvtabError
 
 SIZE = tiny.ARCH["img_size"]
@@ -126,13 +127,6 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 # --- training ---------------------------------------------------------------------------------------------
 
-def lr_at(step: int, total: int, lr: float) -> float:
-    warmup = max(1, int(WARMUP_FRACTION * total))
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    return 0.5 * lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int, seed: int,
                      batch_size: int, lr: float, on_step=None, on_note=None) -> tuple[VisionTransformer, list]:
     torch.manual_seed(seed)
@@ -145,6 +139,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
     n = len(labels)
     steps_per_epoch = math.ceil(n / batch_size)
     total = epochs * steps_per_epoch
+    warmup = warmup_steps(total, WARMUP_FRACTION)
     step, log = 0, []
     model.train()
     for epoch in range(epochs):
@@ -154,7 +149,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
             idx = order[i:i + batch_size]
             x, y = augment(normalise(images[idx]), g), labels[idx]
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, total, lr)
+                group["lr"] = warmup_cosine(step, total, warmup, lr)
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=LABEL_SMOOTHING)
             opt.zero_grad(set_to_none=True)

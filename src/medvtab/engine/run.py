@@ -19,9 +19,10 @@ from medvtab.data.check import PROTOCOL_SHARED_PATIENTS, check_task
 from medvtab.data.leakage import leakage_warnings
 from medvtab.engine import rundir
 from medvtab.engine.distributed import launch
-from medvtab.engine.loop import (TrainConfig, as_tensor, evaluate, fit, load_checkpoint, rank_count,
-                                 seed_everything)
+from medvtab.engine.evaluate import evaluate
+from medvtab.engine.loop import TrainConfig, as_tensor, fit, rank_count, seed_everything
 from medvtab.engine.metrics import classification_metrics
+from medvtab.engine.state import load_checkpoint
 from medvtab.engine.tracking import Tracker
 from medvtab.errors import MedvtabError
 from medvtab.methods import (build_model, get_method, make_config, parameter_counts,

@@ -8,11 +8,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from medvtab.atomic import atomic_write, check_new_run_dir, staged_run_dir, write_csv, write_json
+from medvtab.atomic import atomic_write, check_new_dir, staged_dir, write_csv, write_json
 from medvtab.errors import MedvtabError
 
-__all__ = ["CONFIG", "METRICS", "ADAPTER", "LOG", "CHECKPOINT", "is_finished", "check_resumable", "atomic_write", "check_new_run_dir", "staged_run_dir",
-           "write_csv", "write_json", "write_tensors", "read_json", "read_tensors"]
+__all__ = ["CONFIG", "METRICS", "ADAPTER", "LOG", "CHECKPOINT", "is_finished", "check_new_run_dir", "staged_run_dir",
+           "resume_or_clear", "check_resumable", "atomic_write", "write_csv", "write_json", "write_tensors",
+           "read_json", "read_tensors"]
 
 CONFIG, METRICS, ADAPTER, LOG = "config.json", "metrics.json", "adapter.safetensors", "log.csv"
 CHECKPOINT = "checkpoint.pt"  # the training state after the last finished epoch (removed once the run is done)
@@ -24,13 +25,27 @@ def is_finished(run: Path) -> bool:
     return (Path(run) / METRICS).is_file()
 
 
+def check_new_run_dir(out: Path) -> None:
+    """``out`` may become a run directory: it does not exist, or is empty (an unfinished run is named as such)."""
+    out = Path(out)
+    if (out / CHECKPOINT).is_file() and not is_finished(out):
+        raise MedvtabError(f"{out}: holds an unfinished run; continue it with --resume {out}, or choose a new --out")
+    check_new_dir(out)
+
+
+def staged_run_dir(out: Path):
+    """:func:`medvtab.atomic.staged_dir` for a new run directory (checked by :func:`check_new_run_dir`)."""
+    check_new_run_dir(out)
+    return staged_dir(out)
+
+
 def resume_or_clear(out: Path) -> bool:
     """True where ``out`` holds an unfinished run with a checkpoint; an unfinished run without one (killed in
     its first epoch: config and splits only) is removed. Only for directories medvtab owns (grid runs)."""
     out = Path(out)
-    if (out / CHECKPOINT).is_file() and not (out / METRICS).exists():
+    if (out / CHECKPOINT).is_file() and not is_finished(out):
         return True
-    if out.is_dir() and not (out / METRICS).exists():
+    if out.is_dir() and not is_finished(out):
         shutil.rmtree(out)
     return False
 
@@ -38,7 +53,7 @@ def resume_or_clear(out: Path) -> bool:
 def check_resumable(out: Path) -> None:
     """``out`` holds an unfinished run with a checkpoint."""
     out = Path(out)
-    if (out / METRICS).is_file():
+    if is_finished(out):
         raise MedvtabError(f"{out}: this run has finished (metrics.json exists); nothing to resume")
     if not (out / CHECKPOINT).is_file():
         raise MedvtabError(f"{out}: no {CHECKPOINT} to resume from (the run was stopped before its first epoch "

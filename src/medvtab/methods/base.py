@@ -28,6 +28,7 @@ class AdaptedModel(nn.Module):
     """
 
     caches_features = False
+    default_lr: float | None = None  # its method's learning rate (set by build_model): TrainConfig(lr=None) uses it
 
     def auxiliary_loss(self) -> torch.Tensor | None:
         """Extra training loss of the last forward (e.g. MoE load balancing), or None."""
@@ -107,7 +108,10 @@ def make_config(name: str, overrides: dict) -> MethodConfig:
 
 def build_model(name: str, config: MethodConfig, first: Backbone, second: Backbone | None,
                 num_classes: int) -> AdaptedModel:
-    return get_method(name).build(config, first, second, num_classes)
+    spec = get_method(name)
+    model = spec.build(config, first, second, num_classes)
+    model.default_lr = spec.default_lr
+    return model
 
 
 def count_parameters(module: nn.Module, trainable: bool) -> int:

@@ -13,8 +13,8 @@ import torch
 from timm.layers.config import use_fused_attn
 
 from medvtab.backbones import check_alignment, load_backbone
-from medvtab.engine.loop import _autocast
-from medvtab.engine.speed import compile_with_fallback
+from medvtab.engine.acceleration import compile_with_fallback
+from medvtab.engine.precision import autocast
 from medvtab.errors import MedvtabError
 from medvtab.methods import build_model, make_config, resolve_backbone_specs
 from medvtab.perf.timing import interleaved, pick_clock
@@ -75,7 +75,7 @@ class PerfConfig:
 
 
 class Compiler:
-    """``torch.compile`` with a fallback (:func:`medvtab.engine.speed.compile_with_fallback`): a module whose
+    """``torch.compile`` with a fallback (:func:`medvtab.engine.acceleration.compile_with_fallback`): a module whose
     compiled form fails its first call runs eagerly, and the reason is kept."""
 
     def __init__(self, enabled: bool):
@@ -100,7 +100,7 @@ class Compiler:
 def under_inference(fn: Callable, device: torch.device) -> Callable[[], object]:
     """``fn`` in inference mode at the engine's precision (bf16 autocast on a GPU, float32 on a CPU)."""
     def run():
-        with torch.inference_mode(), _autocast(device):
+        with torch.inference_mode(), autocast(device):
             return fn()
     return run
 

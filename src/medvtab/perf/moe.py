@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from medvtab.backbones import check_alignment
-from medvtab.engine.loop import _autocast
+from medvtab.engine.precision import autocast
 from medvtab.methods import make_config
 from medvtab.methods.dynamer.experts import SharedExperts
 from medvtab.perf.context import Context, under_inference
@@ -44,7 +44,7 @@ def measure_moe(ctx: Context) -> dict:
             def gathered(s=0):
                 return experts.gathered(pair, top_idx[s], top_w[s])
 
-            with torch.inference_mode(), _autocast(ctx.device):
+            with torch.inference_mode(), autocast(ctx.device):
                 ref = experts.mix(experts.hidden(pair), weights[0]).float()
                 diff = max((dense().float() - ref).abs().max().item(), (gathered().float() - ref).abs().max().item())
                 scale = ref.abs().max().item()

@@ -11,9 +11,10 @@ import torch
 
 from medvtab.data.loading import load_task
 from medvtab.data.splits import subsample_train
-from medvtab.engine.loop import TrainConfig, fit, random_shift, seed_everything, task_loss
-from medvtab.engine.loop import _autocast
-from medvtab.engine.speed import set_grad_checkpointing
+from medvtab.engine.evaluate import task_loss
+from medvtab.engine.loop import TrainConfig, fit, random_shift, seed_everything
+from medvtab.engine.acceleration import set_grad_checkpointing
+from medvtab.engine.precision import autocast
 from medvtab.errors import MedvtabError
 from medvtab.methods import get_method, method_names
 from medvtab.perf.context import NUM_CLASSES, Context
@@ -28,12 +29,12 @@ def train_step(model, images, labels, device: torch.device) -> Callable[[], None
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     model.train()
     if model.caches_features:
-        with torch.inference_mode(), _autocast(device):
+        with torch.inference_mode(), autocast(device):
             features = model.features(images).float()
         features = features.clone()
 
         def step():
-            with _autocast(device):
+            with autocast(device):
                 loss = task_loss(model.logits_from_features(features).float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -41,7 +42,7 @@ def train_step(model, images, labels, device: torch.device) -> Callable[[], None
         return step
 
     def step():
-        with _autocast(device):
+        with autocast(device):
             loss = task_loss(model(images).float(), labels)
             aux = model.auxiliary_loss()
             if aux is not None:

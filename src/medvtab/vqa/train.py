@@ -19,7 +19,10 @@ from typing import Callable, Literal, Optional
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from medvtab.atomic import atomic_write, check_new_run_dir, staged_run_dir, write_csv, write_json
+from medvtab.atomic import atomic_write, write_csv, write_json
+from medvtab.engine.precision import autocast
+from medvtab.engine.rundir import check_new_run_dir, read_tensors, staged_run_dir, write_tensors
+from medvtab.engine.schedule import warmup_cosine, warmup_steps
 from medvtab.errors import MedvtabError
 from medvtab.vqa import data as vqa_data
 from medvtab.vqa.lm import TINY, TINY_LORA_TARGETS, HF_PREFIX, add_lora, build_tiny, check_spec, load_base, save_base
@@ -31,6 +34,7 @@ STAGES = ("caption", "vqa", "finetune")
 CONFIG, WEIGHTS, LOG, LM_DIR = "config.json", "trainable.safetensors", "log.csv", "lm"
 ANSWERS, METRICS = "answers.jsonl", "metrics.json"
 HELD_OUT = ("vqa-rad:test", "slake:test")  # caption images that are also test images are dropped
+WARMUP_FRACTION, LR_FLOOR = 0.05, 0.1  # warm-up over 5 % of the steps, cosine decay to a tenth (nanoGPT's schedule)
 Note = Callable[[str], None]
 
 
@@ -121,11 +125,6 @@ def run_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on a GPU (the LM and fusion; the vision tokens are cached in float32), nothing on a CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-
-
 def image_features(encoder: VisionEncoder | None, items: list, batch_size: int = 64,
                    device: torch.device = torch.device("cpu")):
     """Vision tokens of each distinct image once (computed on ``device``, kept on the CPU), and per item the row
@@ -160,15 +159,6 @@ def build_model(opts: StageOptions, lm, vision_width: int | None) -> VQAModel:
 
 
 # --- the loop ---------------------------------------------------------------------------------------------------
-def lr_at(step: int, total: int, lr: float, warmup: float = 0.05) -> float:
-    """Linear warm-up, then cosine decay to a tenth (nanoGPT's schedule)."""
-    warm = max(1, int(warmup * total))
-    if step < warm:
-        return lr * (step + 1) / warm
-    progress = (step - warm) / max(1, total - warm)
-    return lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
-
-
 def launch(opts: StageOptions):
     """A launched Fabric for ``opts.devices`` processes on ``opts.device`` (or a torchrun group), None for one
     process."""
@@ -194,6 +184,7 @@ def fit(model: VQAModel, seqs: list, features, feature_rows, tokenizer, opts: St
     generator = torch.Generator().manual_seed(opts.seed)
     steps = math.ceil(len(seqs) / opts.batch_size)
     total, step, log = steps * opts.epochs, 0, []
+    warmup = warmup_steps(total, WARMUP_FRACTION)
     model.train()
     for epoch in range(opts.epochs):
         start, losses = time.perf_counter(), []
@@ -207,7 +198,7 @@ def fit(model: VQAModel, seqs: list, features, feature_rows, tokenizer, opts: St
             with autocast(device):
                 loss = wrapped(feats, ids, mask, labels).loss.float()  # the mean over this share's answer tokens
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total, opts.lr)
+                group["lr"] = warmup_cosine(step, total, warmup, opts.lr, floor=LR_FLOOR, fraction_first=True)
             optimizer.zero_grad(set_to_none=True)
             if fabric is None:
                 loss.backward()
@@ -259,8 +250,6 @@ def inherit(opts: StageOptions, init_config: dict, given: set[str]) -> StageOpti
 
 def load_model(run: Path, blind: bool = False):
     """(model with the run's trained weights, tokenizer, options) from a stage run directory."""
-    from medvtab.engine.rundir import read_tensors
-
     config = read_config(run)
     opts = StageOptions(**config["options"])
     lm, tokenizer = base_lm(opts, run, None)
@@ -285,7 +274,6 @@ def train_stage(stage: str, data: str, out: Path, opts: StageOptions, *, split: 
     ``opts.devices`` > 1 (or torchrun) trains on several processes (``fabric``: the pipeline's, launched once);
     only global rank 0 writes ``out`` and gets the config, the others get None."""
     from medvtab.engine.loop import seed_everything
-    from medvtab.engine.rundir import read_tensors, write_tensors
 
     if stage not in STAGES:
         raise MedvtabError(f"option '--stage': expected one of {', '.join(STAGES)}, got '{stage}'")

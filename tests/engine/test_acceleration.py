@@ -27,7 +27,7 @@ from medvtab.engine import rundir
 from medvtab.engine import run as run_module
 from medvtab.engine.loop import TrainConfig
 from medvtab.engine.run import run_fingerprint, train_run
-from medvtab.engine.speed import CompiledForward, compile_with_fallback, set_grad_checkpointing
+from medvtab.engine.acceleration import CompiledForward, compile_with_fallback, set_grad_checkpointing
 from medvtab.errors import MedvtabError
 
 TRAIN_SIZE, BATCH = 48, 16
@@ -343,7 +343,7 @@ def test_two_processes_compiled_and_checkpointed_match_one_eager(small_task, tmp
 FAULTS = """
 import resource, sys, torch
 from medvtab.backbones import load_backbone
-from medvtab.engine.speed import keep_freed_memory
+from medvtab.engine.acceleration import keep_freed_memory
 torch.set_num_threads(1)
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 backbone = load_backbone("tiny-general").eval()

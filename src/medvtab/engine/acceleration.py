@@ -1,5 +1,5 @@
-"""Speed options shared by ``medvtab train`` (the engine) and ``medvtab perf``: gradient checkpointing of the
-backbone blocks, and ``torch.compile`` with an eager fallback.
+"""Acceleration options shared by ``medvtab train`` (the engine) and ``medvtab perf``: gradient checkpointing of
+the backbone blocks, and ``torch.compile`` with an eager fallback.
 
 Gradient checkpointing (:func:`set_grad_checkpointing`) recomputes each backbone block in the backward pass
 instead of keeping its activations: less memory for methods that train through (frozen or trained) blocks, about
@@ -9,7 +9,8 @@ one more forward of compute, the same losses and gradients (the recomputation ru
 what it was: its state dict, its other methods, and a DDP / Fabric wrapper around it (PyTorch's advice for DDP
 is to compile the inner module). Where ``torch.compile`` raises, or the first compiled call in a mode (training
 or evaluation, with or without autograd) raises, or a later recompilation fails, the forward runs eagerly from
-then on and the reason is kept. :func:`compile_with_fallback` is the same fallback for a one-off callable.
+then on and the reason is kept. :func:`compile_with_fallback` is the same fallback for a one-off callable;
+:func:`compile_for_training` compiles a model for the training loop.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from medvtab.engine.precision import autocast
 
 
 # glibc's mallopt parameters (malloc.h)
@@ -153,3 +156,44 @@ class CompiledForward:
             return self.eager(*args, **kwargs)
         self._proven.add(mode)
         return out
+
+
+FEATURE_CACHING_NOT_COMPILED = ("not applied: a feature-caching method (its backbone features are computed once "
+                                "and its head trains on them)")
+
+
+def compile_for_training(model: nn.Module, probe_images: torch.Tensor, device: torch.device,
+                         fabric=None, on_note: Callable[[str], None] = print) -> CompiledForward:
+    """``model.forward`` compiled (:class:`CompiledForward`), tried by forward and backward passes in training
+    mode on the first two, then three ``probe_images`` (a second batch size makes the compiler build the graph
+    for any batch size, so the run's batches need no further compilation; each backward is compiled at its first
+    call), with the random state restored and the gradients cleared afterwards, so the run goes on as it would
+    have. Under ``fabric`` every process falls back where any could not compile. Call on the bare model, before
+    ``fabric.setup``: DDP then wraps the module whose forward is compiled (PyTorch's advice for DDP), and
+    evaluation, which runs the bare model, is compiled too. A fallback, here or later, is noted."""
+    torch._dynamo.reset()  # a fresh cache per run: many runs in one process (grids) must not reach its limit
+    compiled = CompiledForward(model, lambda reason: on_note(f"note: --compile: running eagerly from here on "
+                                                             f"({reason})"))
+
+    def probe() -> None:
+        cuda = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            model.train()
+            for n in sorted({min(2, len(probe_images)), min(3, len(probe_images))}):
+                with autocast(device):
+                    loss = model(probe_images[:n].to(device)).float().sum()
+                    aux = model.auxiliary_loss()
+                    if aux is not None:
+                        loss = loss + aux
+                loss.backward()
+
+    try:
+        compiled.check(probe, "first compiled training step")
+    finally:
+        for p in model.parameters():
+            p.grad = None
+    if fabric is not None:
+        ok = fabric.all_reduce(torch.tensor(float(compiled.in_effect), device=fabric.device), reduce_op="mean")
+        if float(ok) < 1.0:
+            compiled.disable("another process of the run could not compile (every process runs eagerly)")
+    return compiled
