@@ -6,7 +6,6 @@ import pytest
 import torch
 
 
-
 def test_run_block_with_a_handed_over_subset_or_in_place_equals_the_plain_one(pair):
     general = pair[0]
     tokens = torch.randn(3, 50, 96, generator=torch.Generator().manual_seed(2))
