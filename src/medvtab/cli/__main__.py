@@ -1,0 +1,4 @@
+"""``python -m medvtab.cli``: what the ``medvtab`` script runs (torchrun launches it this way)."""
+from medvtab.cli import main
+
+main()
