@@ -1,7 +1,7 @@
 """``medvtab data``: browse the task registry (list, info), check a task's data (check) and convert a raw
 download into a prepared directory (prepare).
 
-Nothing here imports torch, so these commands start fast.
+These commands import no torch themselves.
 User errors raise MedvtabError (``error: ...``, exit 2); ``data check`` exits 1 when a check fails.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import typer
 from medvtab.errors import MedvtabError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                       help="Task registry (list, info), data checks (check) and raw-download conversion (prepare).")
+                  help="Task registry (list, info), data checks (check) and raw-download conversion (prepare).")
 
 
 @app.command("list")

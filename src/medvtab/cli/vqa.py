@@ -12,7 +12,7 @@ from medvtab.cli.common import note
 from medvtab.errors import MedvtabError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                      help="MedVQA by fusion: vision encoder + Q-Former + language model with LoRA.")
+                  help="MedVQA by fusion: vision encoder + Q-Former + language model with LoRA.")
 
 
 @app.callback()
