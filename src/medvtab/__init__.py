@@ -6,7 +6,7 @@ for the command line.
 __version__ = "0.1.0"
 
 _API = ("TrainConfig", "create_model", "evaluate", "fit", "load", "load_backbones", "load_task", "save")
-__all__ = ["__version__", *_API]
+__all__ = list(_API)
 
 
 def __getattr__(name: str):
