@@ -8,7 +8,6 @@ import timm
 import torch
 
 import medvtab
-from medvtab.engine.loop import TrainConfig
 from medvtab.engine.run import load_run, train_run
 from medvtab.errors import MedvtabError
 
@@ -41,7 +40,7 @@ def test_the_api_is_medvtab_train(task, tmp_path):
     metrics = medvtab.evaluate(model, task.test)
 
     run = train_run("pneumoniamnist", "dynamer", "tiny-general", "tiny-medical", tmp_path / "cli",
-                    TrainConfig(**CONFIG), {"keep_ratio": 0.5}, train_size=64, on_note=lambda message: None)
+                    medvtab.TrainConfig(**CONFIG), {"keep_ratio": 0.5}, train_size=64, on_note=lambda message: None)
     for key in ("accuracy", "balanced_accuracy", "macro_f1", "auroc"):
         assert metrics[key] == run[key], key
 
