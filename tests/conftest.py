@@ -73,3 +73,16 @@ def run_medvtab(monkeypatch, capsys):
         out, err = capsys.readouterr()
         return exit_info.value.code or 0, out, err
     return run
+
+
+@pytest.fixture(scope="session")
+def shared_vqa_data():
+    """Skips, with the reason shown, where the shared MedVQA sets (../shared/vqa) are absent."""
+    from medvtab.errors import MedvtabError
+    from medvtab.vqa import data as vqa_data
+
+    try:
+        vqa_data.vqa_root()
+        vqa_data.load_vqa("vqa-rad", "test")
+    except MedvtabError as err:
+        pytest.skip(f"shared MedVQA data not available ({err})")

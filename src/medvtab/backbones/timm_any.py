@@ -1,4 +1,5 @@
-"""``timm:NAME`` and ``timm:NAME@FILE``: any timm ViT, with weights from the hub or from a local file.
+"""``timm:NAME`` and ``timm:NAME@FILE``: any timm ViT, with weights from the hub or from a local file; and
+:func:`from_model`, a timm ViT object built in Python (``medvtab.load_backbones``).
 
 Local files go through timm's own pretrained-loading path (its per-model checkpoint filter, strict loading);
 medvtab only points it at the file. The classifier head of the checkpoint is dropped: medvtab trains its own.
@@ -8,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import timm
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models.vision_transformer import VisionTransformer
 
 from medvtab.backbones.vit import ViTBackbone
 from medvtab.errors import MedvtabError
@@ -33,7 +36,15 @@ def build(name: str, file, *, spec: str, img_size: int | None = None, depth: int
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         where = f"{file}" if file is not None else f"{spec} (hub download; offline? give a local file: {spec}@FILE)"
         raise MedvtabError(f"{where}: could not load weights: {first[:300]}") from None
-    cfg = model.pretrained_cfg
-    size = img_size or cfg.get("input_size", (3, 224, 224))[-1]
-    return ViTBackbone(model, spec=spec, input_size=size, mean=cfg.get("mean"), std=cfg.get("std"),
-                       random_init=False)
+    size = img_size or model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+    return from_model(model, spec=spec, input_size=size)
+
+
+def from_model(model: VisionTransformer, *, spec: str, input_size: int | None = None) -> ViTBackbone:
+    """A timm ViT as a frozen Backbone (the model itself is frozen): its pretrained config's normalisation
+    (ImageNet's where it has none), its patch embedding's input size unless ``input_size`` is given."""
+    if input_size is None and isinstance(model, VisionTransformer):
+        input_size = model.patch_embed.img_size[0]
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return ViTBackbone(model, spec=spec, input_size=input_size, mean=cfg.get("mean", IMAGENET_DEFAULT_MEAN),
+                       std=cfg.get("std", IMAGENET_DEFAULT_STD), random_init=False)

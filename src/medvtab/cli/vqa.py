@@ -1,23 +1,26 @@
-"""``medvtab vqa``: train a stage, evaluate a run, or run the three-stage pipeline."""
+"""``medvtab vqa``: MedVQA from the command line: train a stage, evaluate a run, or run the three-stage pipeline."""
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
+from medvtab.cli.common import note
 from medvtab.errors import MedvtabError
 from medvtab.extras import require
 
-vqa_app = typer.Typer(add_completion=False, no_args_is_help=True,
-                      help="MedVQA by fusion: vision encoder + Q-Former + language model with LoRA.")
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="MedVQA by fusion: vision encoder + Q-Former + language model with LoRA.")
 
 
-@vqa_app.callback()
+@app.callback()
 def threads(threads: int = typer.Option(1, min=1, help="torch CPU threads (default 1: the tiny models gain nothing "
                                                         "from more, and two threads stall whenever a core is "
                                                         "busy on a small shared machine).")):
+    # imported here, not at the top: keeps CLI start-up fast
     import torch
     hf_logging = require("transformers.utils.logging", extra="vqa", feature="medvtab vqa", package="transformers")
 
@@ -27,17 +30,11 @@ def threads(threads: int = typer.Option(1, min=1, help="torch CPU threads (defau
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
 
 
-def _note(message: str) -> None:
-    from medvtab.cli import note
-
-    note(message)
-
-
 def _held_out(text: str) -> tuple[str, ...]:
     return () if text.strip().lower() == "none" else tuple(t.strip() for t in text.split(",") if t.strip())
 
 
-@vqa_app.command()
+@app.command()
 def train(
     stage: str = typer.Option(..., help="caption (image captions), vqa (general medical VQA) or finetune "
                                         "(radiology VQA)."),
@@ -78,8 +75,7 @@ def train(
     limit: Optional[int] = typer.Option(None, min=1, hidden=True, help="Train on the first N items (tests)."),
 ):
     """Train one stage and write config, trainable weights, a log (and the tiny LM) to --out."""
-    import json
-
+    # imported here, not at the top: keeps CLI start-up fast
     from medvtab.vqa.train import StageOptions, load_stage_items, texts_of, train_stage
 
     model_opts = {"vision": vision, "lm": lm, "img_size": img_size, "num_queries": num_queries,
@@ -93,12 +89,12 @@ def train(
                         strategy=strategy, device=device)
     vocab = None
     if vocab_data and init is None:
-        vocab = texts_of(load_stage_items(stage, data, split, opts, data_root, _held_out(held_out), _note)[0])
+        vocab = texts_of(load_stage_items(stage, data, split, opts, data_root, _held_out(held_out), note)[0])
         for name in vocab_data:
             kind = "caption" if name in ("medpix", "pmc-oa") else "vqa"
-            vocab += texts_of(load_stage_items(kind, name, "train", opts, data_root, _held_out(held_out), _note)[0])
+            vocab += texts_of(load_stage_items(kind, name, "train", opts, data_root, _held_out(held_out), note)[0])
     config = train_stage(stage, data, out, opts, split=split, init=init, given=given, root=data_root,
-                         vocab_texts=vocab, held_out=_held_out(held_out), on_note=_note)
+                         vocab_texts=vocab, held_out=_held_out(held_out), on_note=note)
     if config is None:  # another process of a multi-process run: rank 0 reports
         return
     keys = ("stage", "data", "split", "items", "dropped_leaked", "init", "trainable_params", "train_seconds",
@@ -106,7 +102,7 @@ def train(
     print(json.dumps({"out": str(out), **{k: config[k] for k in keys}}, indent=2))
 
 
-@vqa_app.command("eval")
+@app.command("eval")
 def evaluate(
     run: Path = typer.Option(..., help="A vqa or finetune stage run directory."),
     data: str = typer.Option("vqa-rad", help="vqa-rad, slake, pmc-vqa or a folder in one of their formats."),
@@ -120,14 +116,15 @@ def evaluate(
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N (bf16 autocast on a GPU)."),
 ):
     """Answer the questions, score them beside the majority and image-blind baselines, print the summary."""
+    # imported here, not at the top: keeps CLI start-up fast
     from medvtab.vqa.train import evaluate as run_eval, summary_line
 
     metrics = run_eval(run, data, split, closed_candidates=closed_candidates, out=out, root=data_root,
-                       limit=limit, on_note=_note, device=device)
+                       limit=limit, on_note=note, device=device)
     print(summary_line(metrics))
 
 
-@vqa_app.command()
+@app.command()
 def pipeline(
     out: Path = typer.Option(..., help="New folder: caption/, vqa/, finetune/ (with metrics.json) inside."),
     config: Optional[Path] = typer.Option(None, help="YAML file: options, caption, vqa, finetune, eval, data_root "
@@ -136,6 +133,7 @@ def pipeline(
                                                       "the config file leaves unset."),
 ):
     """caption (MedPix) -> vqa (SLAKE train) -> finetune (VQA-RAD train) -> eval (VQA-RAD test)."""
+    # imported here, not at the top: keeps CLI start-up fast
     import yaml
     from pydantic import ValidationError
 
@@ -157,6 +155,6 @@ def pipeline(
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise MedvtabError(f"{config or 'pipeline config'}: {where}: {first['msg']}") from None
-    metrics = run_pipeline(cfg, out, on_note=_note)
+    metrics = run_pipeline(cfg, out, on_note=note)
     if metrics is not None:  # None: another process of a multi-process run
         print(summary_line(metrics))

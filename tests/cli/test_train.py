@@ -1,4 +1,4 @@
-"""The ``medvtab`` command line as a user runs it: train, predict, and one-line errors for bad input.
+"""``medvtab train`` and ``medvtab predict`` as a user runs them, and one-line errors for bad input.
 
 Happy paths run ``python -m medvtab.cli`` as real subprocesses. The error cases run through a small driver
 process that imports the CLI once and forks one child per case: each child is still its own process that

@@ -1,7 +1,7 @@
 """``medvtab data``: browse the task registry (list, info), check a task's data (check) and convert a raw
 download into a prepared directory (prepare).
 
-Registered on the main app in :mod:`medvtab.cli`. Nothing here imports torch, so these commands start fast.
+These commands import no torch themselves.
 User errors raise MedvtabError (``error: ...``, exit 2); ``data check`` exits 1 when a check fails.
 """
 from __future__ import annotations
@@ -13,23 +13,27 @@ from typing import Optional
 
 import typer
 
-data_app = typer.Typer(add_completion=False, no_args_is_help=True,
-                       help="Task registry (list, info), data checks (check) and raw-download conversion (prepare).")
+from medvtab.errors import MedvtabError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Task registry (list, info), data checks (check) and raw-download conversion (prepare).")
 
 
-@data_app.command("list")
+@app.command("list")
 def list_(
     modality: Optional[str] = typer.Option(None, help="Only this modality (e.g. colour, x-ray, oct/ct/mri)."),
     benchmark: Optional[str] = typer.Option(None, help="Only this benchmark: med-vtab, fgvc, vtab-1k, bundled."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of every field instead of a table."),
 ):
     """List every registered task (metadata only; nothing is downloaded)."""
+    # imported here, not at the top: keeps CLI start-up fast
     from medvtab.data.catalogue import list_tasks, task_dict
 
     rows = list_tasks(benchmark, modality)
     if as_json:
         print(json.dumps([task_dict(t) for t in rows], indent=2))
         return
+    # imported here, not at the top: keeps CLI start-up fast
     from rich.console import Console
     from rich.table import Table
 
@@ -44,15 +48,16 @@ def list_(
     Console().print(table)
 
 
-@data_app.command()
+@app.command()
 def info(task: str = typer.Argument(..., help="A registered task name (see `medvtab data list`).")):
     """Print one task's metadata as JSON."""
+    # imported here, not at the top: keeps CLI start-up fast
     from medvtab.data.catalogue import get_task, task_dict
 
     print(json.dumps(task_dict(get_task(task)), indent=2))
 
 
-@data_app.command()
+@app.command()
 def check(
     task: str = typer.Argument(..., help="Bundled or registered real-set name, a .npz, or an ImageFolder directory."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
@@ -65,6 +70,7 @@ def check(
     Errors: labels out of range, empty classes, unreadable images, duplicate images across splits, patients
     across splits. Warnings (exit 0): class imbalance, tiny splits, known duplicates of a source's own split.
     """
+    # imported here, not at the top: keeps CLI start-up fast
     from medvtab.data.check import check_source
 
     report = check_source(task, seed=seed, image_size=image_size, data_root=data_root)
@@ -75,7 +81,7 @@ def check(
         raise typer.Exit(1)
 
 
-@data_app.command()
+@app.command()
 def prepare(
     task: str = typer.Argument(..., help="A registered task name (its raw layout is the default) or a new name "
                                          "with --layout."),
@@ -103,8 +109,8 @@ def prepare(
     Images are decoded once; `medvtab train DIR` then reads them memory-mapped. Multi-label CSVs (several
     label columns, or labels joined by | or ;) give a multi-label task.
     """
+    # imported here, not at the top: keeps CLI start-up fast
     from medvtab.data.convert import prepare as run_prepare
-    from medvtab.errors import MedvtabError
 
     try:
         centre, width = (float(v) for v in window.split(","))

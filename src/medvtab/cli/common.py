@@ -1,0 +1,59 @@
+"""What every command group shares: notes on stderr, the training progress bar, ``KEY=VALUE`` options and the
+one-line error handler."""
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from medvtab.errors import MedvtabError
+
+err_console = Console(stderr=True)
+
+
+def note(message: str) -> None:
+    """A note or warning on stderr, one unwrapped line."""
+    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def loss_progress(description: str):
+    """A progress bar over training steps (on a terminal only); yields ``on_step(step, total, loss)``."""
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[loss]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+                  disable=not err_console.is_terminal) as progress:
+        bar = progress.add_task(description, total=None, loss="")
+
+        def on_step(step, total, loss):
+            progress.update(bar, completed=step, total=total, loss=f"loss {loss:.4f}")
+        yield on_step
+
+
+def parse_key_values(pairs: list[str]) -> dict:
+    """``key=value`` method options; values parse as JSON (numbers, true/false) or stay strings."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise MedvtabError(f"option '--set': expected KEY=VALUE, got '{pair}'")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def run_with_one_line_errors(app: typer.Typer) -> None:
+    """Run the app; a user error ends it as one line ``error: ...`` with exit status 2, Ctrl-C with 130."""
+    try:
+        app(standalone_mode=True)
+    except MedvtabError as err:
+        err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted", markup=False)
+        sys.exit(130)
