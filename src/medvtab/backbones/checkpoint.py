@@ -8,6 +8,7 @@ import pickle
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from medvtab.errors import MedvtabError
@@ -22,8 +23,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise MedvtabError(f"{path}: no such checkpoint file")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             obj = load_file(str(path))
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)

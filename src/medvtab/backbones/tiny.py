@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 
@@ -47,8 +48,6 @@ def file_pretrained_on(path: str | Path) -> tuple[str, ...]:
     """The data sets a ``medvtab pretrain`` file records in its metadata (empty for other files)."""
     if Path(path).suffix != ".safetensors":
         return ()
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     return tuple(n for n in meta.get(META_PRETRAINED_ON, "").split(",") if n)

@@ -20,6 +20,7 @@ Every executor calls :func:`run_one` per run, which makes a run safe to interrup
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import shutil
@@ -31,10 +32,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from medvtab.atomic import write_json
+from medvtab.backbones import load_backbone
 from medvtab.bench.grid import describe, execution_order, unique_runs
 from medvtab.bench.store import RUNS, RunSpec, is_finished, run_dir, write_grid
+from medvtab.data.loading import resolve_task
+from medvtab.engine import rundir
+from medvtab.engine import run as engine_run  # called as engine_run.train_run: tests replace it there
+from medvtab.engine.loop import TrainConfig
 from medvtab.errors import MedvtabError
 from medvtab.extras import require
+
+try:
+    import fcntl
+except ImportError:  # no flock (Windows): claims fall back on the rename race, which is safe but may waste work
+    fcntl = None
 
 LOCKS, FAILURES = "locks", "failures"
 EXECUTORS = ("serial", "ray")
@@ -62,8 +79,6 @@ def failure_path(root: Path, spec: RunSpec) -> Path:
 
 def read_failures(root: Path) -> dict[str, dict]:
     """run_id -> failure record, for runs that failed and have not succeeded since."""
-    import json
-
     folder = Path(root) / FAILURES
     out = {}
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
@@ -82,9 +97,7 @@ def claim(root: Path, run_id: str) -> Iterator[bool]:
     exit, and by the kernel when the process is killed. After locking, the path must still name the locked file
     (a releasing holder may have removed it in between); otherwise the lock is taken again on the new file.
     """
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): fall back on the rename race, which is safe but may waste work
+    if fcntl is None:
         yield True
         return
     path = Path(root) / LOCKS / f"{run_id}.lock"
@@ -142,10 +155,8 @@ def remove_staged(root: Path, run_id: str | None = None) -> int:
 
 def remove_finished_checkpoints(root: Path) -> None:
     """A worker killed between writing metrics.json and removing the checkpoint leaves it beside a finished run."""
-    from medvtab.engine.rundir import CHECKPOINT
-
-    for ckpt in (Path(root) / RUNS).glob(f"*/{CHECKPOINT}"):
-        if (ckpt.parent / "metrics.json").is_file():
+    for ckpt in (Path(root) / RUNS).glob(f"*/{rundir.CHECKPOINT}"):
+        if rundir.is_finished(ckpt.parent):
             with claim(root, ckpt.parent.name) as held:
                 if held:
                     ckpt.unlink(missing_ok=True)
@@ -165,7 +176,6 @@ def _one_line(err: BaseException) -> str:
 
 
 def record_failure(root: Path, spec: RunSpec, err: BaseException, device: str, seconds: float = 0.0) -> Outcome:
-    from medvtab.atomic import write_json
 
     message = _one_line(err)
     write_json(failure_path(root, spec), {
@@ -190,21 +200,16 @@ def run_one(root: str | Path, spec: RunSpec, device: str = "cpu", data_root: str
         if is_finished(root, spec):  # finished while we were looking
             return Outcome(spec.run_id(), "skipped")
         remove_staged(root, spec.run_id())
-        import torch
-
-        from medvtab.engine.loop import TrainConfig
-        from medvtab.engine.run import train_run
-
         before = torch.get_num_threads()
         try:
             if threads:
                 torch.set_num_threads(threads)
             cfg = TrainConfig(**spec.train, seed=spec.seed, device=device)
-            metrics = train_run(spec.task, spec.method, spec.general, spec.medical, run_dir(root, spec), cfg,
-                                spec.options, spec.train_size, on_step, on_note=lambda message: None,
-                                protocol=spec.protocol, train_fraction=spec.train_fraction, shots=spec.shots,
-                                seen=spec.seen, unseen=spec.unseen, data_root=data_root,
-                                record={"bench": spec.model_dump()}, resume="auto")
+            metrics = engine_run.train_run(
+                spec.task, spec.method, spec.general, spec.medical, run_dir(root, spec), cfg, spec.options,
+                spec.train_size, on_step, on_note=lambda message: None, protocol=spec.protocol,
+                train_fraction=spec.train_fraction, shots=spec.shots, seen=spec.seen, unseen=spec.unseen,
+                data_root=data_root, record={"bench": spec.model_dump()}, resume="auto")
         except Exception as err:  # noqa: BLE001 - every failure is recorded and the grid goes on
             if is_finished(root, spec):  # another worker (without a claim) landed it first: ours is dropped
                 return Outcome(spec.run_id(), "skipped", time.perf_counter() - start)
@@ -243,8 +248,6 @@ class Summary:
 
 def check_device(device: str, local: bool) -> None:
     """A device torch understands; a CUDA one must exist where the runs are local."""
-    import torch
-
     try:
         kind = torch.device(device).type
     except (RuntimeError, ValueError):
@@ -256,13 +259,9 @@ def check_device(device: str, local: bool) -> None:
 def preflight(specs: list[RunSpec], data_root: str | Path | None, *, backbones: bool = True) -> None:
     """Stop before the first run on what would fail every run: a task that does not resolve, a backbone spec
     that does not load (weights are loaded once here, strictly)."""
-    from medvtab.data.loading import resolve_task
-
     for task in dict.fromkeys(s.task for s in specs):
         resolve_task(task, data_root)
     if backbones:
-        from medvtab.backbones import load_backbone
-
         for backbone in dict.fromkeys(b for s in specs for b in (s.general, s.medical) if b):
             load_backbone(backbone)
 
@@ -292,8 +291,6 @@ def run_grid(root: Path, specs: list[RunSpec], *, suite: str, device: str = "cpu
              workers: int | None = None, threads: int | None = None, info: dict | None = None,
              console=None) -> Summary:
     """Record the grid in ``DIR/bench.json`` and run every unfinished run of it (each shared run once)."""
-    from rich.console import Console
-
     if executor not in EXECUTORS:
         raise MedvtabError(f"option '--executor': unknown executor '{executor}'; choose from {', '.join(EXECUTORS)}")
     if executor == "ray":
@@ -330,7 +327,6 @@ def run_grid(root: Path, specs: list[RunSpec], *, suite: str, device: str = "cpu
 
 
 def _run_serial(root, todo, device, data_root, threads, summary, console) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[now]}"),
                   TimeElapsedColumn(), console=console, disable=not console.is_terminal) as progress:
@@ -395,11 +391,6 @@ def _run_ray(root, todo, device, data_root, address, workers, threads, summary, 
 def print_dry_run(root: Path, specs: list[RunSpec], *, data_root: str | Path | None = None, console=None) -> dict:
     """Print the grid: per group its specs and how many are finished, failed before or pending; then every
     run with its state. Nothing is written. Returns the counts per group."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from medvtab.data.loading import resolve_task
-
     console = console or Console(highlight=False, soft_wrap=True)
     root = Path(root)
     failures = read_failures(root)

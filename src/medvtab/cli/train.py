@@ -18,7 +18,7 @@ def train(
                                        "pneumoniamnist, breastmnist, pbc, kermany-cxr), a .npz (MedMNIST-style "
                                        "splits, or pooled images, labels and optional patient_ids), or an "
                                        "ImageFolder directory."),
-    method: str = typer.Option("dynamer", help="Tuning method (see the README's method table)."),
+    method: str = typer.Option("dynamer", help="Tuning method (see docs/methods.md, or `medvtab methods`)."),
     general: str = typer.Option("tiny-general", help="General-domain backbone spec."),
     medical: str = typer.Option("tiny-medical", help="Medical-domain backbone spec."),
     out: Optional[Path] = typer.Option(None, help="New run directory (with --resume: that directory)."),
@@ -49,7 +49,7 @@ def train(
     devices: int = typer.Option(1, min=1, help="Processes on this machine (DDP via Lightning Fabric: GPUs with "
                                                "--device cuda, else CPU processes on gloo). Under torchrun the "
                                                "launcher's layout is used."),
-    num_nodes: int = typer.Option(1, min=1, help="Machines (with --devices each); see the README's scale-out."),
+    num_nodes: int = typer.Option(1, min=1, help="Machines (with --devices each); see docs/scale-out.md."),
     tensorboard: Optional[Path] = typer.Option(None, help="TensorBoard log folder (events in FOLDER/<run name>)."),
     mlflow: Optional[str] = typer.Option(None, "--mlflow", help="MLflow tracking URI (a server, or a local "
                                                                 "folder / file: URI) to log the run to."),

@@ -128,7 +128,7 @@ def evaluate(
 def pipeline(
     out: Path = typer.Option(..., help="New folder: caption/, vqa/, finetune/ (with metrics.json) inside."),
     config: Optional[Path] = typer.Option(None, help="YAML file: options, caption, vqa, finetune, eval, data_root "
-                                                     "(see medvtab.vqa.train.PipelineConfig)."),
+                                                     "(see medvtab.vqa.pipeline.PipelineConfig)."),
     quick: bool = typer.Option(False, "--quick", help="Short schedule (minutes on a laptop CPU) for the settings "
                                                       "the config file leaves unset."),
 ):
@@ -137,7 +137,8 @@ def pipeline(
     import yaml
     from pydantic import ValidationError
 
-    from medvtab.vqa.train import QUICK, PipelineConfig, merge, run_pipeline, summary_line
+    from medvtab.vqa.pipeline import QUICK, PipelineConfig, merge, run_pipeline
+    from medvtab.vqa.train import summary_line
 
     raw = {}
     if config is not None:

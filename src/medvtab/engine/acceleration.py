@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from medvtab.backbones import Backbone
 from medvtab.engine.precision import autocast
 
 
@@ -49,8 +50,6 @@ def keep_freed_memory() -> bool:
 def set_grad_checkpointing(model: nn.Module, on: bool) -> int:
     """Turn gradient checkpointing on or off in every :class:`medvtab.backbones.Backbone` inside ``model`` (the
     backbones honour it in ``block`` while autograd records); returns how many backbones were set."""
-    from medvtab.backbones import Backbone
-
     count = 0
     for module in model.modules():
         if isinstance(module, Backbone):
@@ -81,7 +80,7 @@ def compile_with_fallback(fn: Callable, probe: Callable[[Callable], object] | No
 
 
 def _compiler_error(err: BaseException) -> bool:
-    try:
+    try:  # imported only once compiling failed: torch._dynamo is slow to import and most runs never compile
         from torch._dynamo.exc import TorchDynamoException
     except ImportError:  # pragma: no cover - torch without dynamo
         return False

@@ -49,6 +49,7 @@ def launch(device: str, devices: int, num_nodes: int, strategy: str = "ddp"):
         num_nodes = int(os.environ["WORLD_SIZE"]) // devices
     elif devices == 1 and num_nodes == 1:
         return None
+    # the optional extra medvtab[distributed], imported once required
     require("lightning_fabric", extra="distributed", feature="training on several processes",
             package="lightning-fabric")
     from lightning_fabric import Fabric

@@ -27,10 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 from timm.models.vision_transformer import VisionTransformer
 
 from medvtab.atomic import atomic_write, write_json
-from medvtab.backbones import tiny
+from medvtab.backbones import load_backbone, tiny
 from medvtab.backbones.vit import ViTBackbone
 from medvtab.data.catalogue import get_task
 from medvtab.data.leakage import catalogue_name, image_digest
@@ -193,11 +198,6 @@ def features(backbone, images: torch.Tensor, batch_size: int = 512) -> np.ndarra
 
 def linear_probe(backbone, train: tuple[torch.Tensor, np.ndarray], test: tuple[torch.Tensor, np.ndarray]) -> float:
     """Test accuracy of a logistic regression on standardised frozen features of the train split."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
-
     x_train, x_test = features(backbone, train[0]), features(backbone, test[0])
     with threadpool_limits(limits=1):  # BLAS threads on small matrices: 10x slower on a busy 2-core machine
         probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x_train, train[1])
@@ -270,8 +270,6 @@ def pretrain(data: Path, out: Path, variant: str, *, epochs: int = 5, seed: int 
                                   seed=seed, batch_size=batch_size, lr=lr, on_step=on_step, on_note=on_note)
     train_seconds = time.perf_counter() - t0
 
-    from safetensors.torch import save_file
-
     metadata = {"format": "pt", "medvtab.variant": variant, tiny.META_PRETRAINED_ON: name,
                 "medvtab.data_sha256": sha256(data), "medvtab.epochs": str(epochs), "medvtab.seed": str(seed)}
     state = trunk_state(model)
@@ -279,8 +277,6 @@ def pretrain(data: Path, out: Path, variant: str, *, epochs: int = 5, seed: int 
 
     if on_note:
         on_note("note: linear probe (pre-trained and random init)")
-    from medvtab.backbones import load_backbone
-
     t0 = time.perf_counter()
     pretrained = load_backbone(f"{variant}@{out}")  # the file as users load it, strictly
     probe = {name_: linear_probe(b, (train_x, train_y), (test_x, test_y))

@@ -40,6 +40,7 @@ def check_spec(spec: str) -> None:
 def build_tokenizer(texts: list[str], max_vocab: int = 8000):
     """A word-level tokenizer over lowercased words and punctuation of ``texts``: every training word is one
     token, so a tiny LM needs no sub-word modelling to spell an answer."""
+    # the optional extra medvtab[vqa], imported once required
     require("transformers", extra="vqa", feature="MedVQA")  # and tokenizers, which it depends on
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import WordLevel
@@ -57,7 +58,7 @@ def build_tokenizer(texts: list[str], max_vocab: int = 8000):
 
 def build_tiny(texts: list[str]):
     """The tiny random-init Bloom (seeded, without touching the global RNG) and its tokenizer built from ``texts``."""
-    require("transformers", extra="vqa", feature="MedVQA")
+    require("transformers", extra="vqa", feature="MedVQA")  # optional extra: imported once required
     from transformers import BloomConfig, BloomForCausalLM
 
     tokenizer = build_tokenizer(texts)
@@ -72,7 +73,7 @@ def build_tiny(texts: list[str]):
 
 def load_base(path: Path):
     """A causal LM and its tokenizer from a local folder, strictly offline."""
-    require("transformers", extra="vqa", feature="MedVQA")
+    require("transformers", extra="vqa", feature="MedVQA")  # optional extra: imported once required
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)

@@ -75,7 +75,7 @@ class VQAModel(nn.Module):
 
     def __init__(self, lm: nn.Module, vision_width: int | None, qformer: QFormerConfig = QFormerConfig()):
         super().__init__()
-        from transformers import Blip2QFormerConfig, Blip2QFormerModel
+        from transformers import Blip2QFormerConfig, Blip2QFormerModel  # optional extra medvtab[vqa]
 
         self.lm = lm
         self.vision_width = vision_width

@@ -1,4 +1,4 @@
-"""Training stages, evaluation with reference baselines, and the three-stage pipeline.
+"""Training stages and evaluation with reference baselines (the three stages in a row: :mod:`medvtab.vqa.pipeline`).
 
 A stage run directory holds ``config.json`` (stage, data, specs, hyperparameters, the lineage of runs it started
 from), ``trainable.safetensors`` (Q-Former, queries, projection, LoRA), ``log.csv`` (one row per epoch) and, for
@@ -20,6 +20,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from medvtab.atomic import atomic_write, write_csv, write_json
+from medvtab.engine.distributed import launch as launch_fabric
+from medvtab.engine.loop import seed_everything
 from medvtab.engine.precision import autocast
 from medvtab.engine.rundir import check_new_run_dir, read_tensors, staged_run_dir, write_tensors
 from medvtab.engine.schedule import warmup_cosine, warmup_steps
@@ -162,8 +164,6 @@ def build_model(opts: StageOptions, lm, vision_width: int | None) -> VQAModel:
 def launch(opts: StageOptions):
     """A launched Fabric for ``opts.devices`` processes on ``opts.device`` (or a torchrun group), None for one
     process."""
-    from medvtab.engine.distributed import launch as launch_fabric
-
     run_device(opts.device)
     return launch_fabric(opts.device, opts.devices, 1, opts.strategy)
 
@@ -273,7 +273,6 @@ def train_stage(stage: str, data: str, out: Path, opts: StageOptions, *, split: 
 
     ``opts.devices`` > 1 (or torchrun) trains on several processes (``fabric``: the pipeline's, launched once);
     only global rank 0 writes ``out`` and gets the config, the others get None."""
-    from medvtab.engine.loop import seed_everything
 
     if stage not in STAGES:
         raise MedvtabError(f"option '--stage': expected one of {', '.join(STAGES)}, got '{stage}'")
@@ -361,7 +360,6 @@ def image_blind_baseline(run: Path, train_items: list, test_items: list, candida
                          device: torch.device = torch.device("cpu")) -> list[str]:
     """The same LM and LoRA trained as long on the same questions without the image: what the question alone
     gives away."""
-    from medvtab.engine.loop import seed_everything
 
     seed_everything(read_config(run)["options"]["seed"])  # before the LoRA weights are drawn: the same in any process
     model, tokenizer, opts, _ = load_model(run, blind=True)
@@ -410,76 +408,6 @@ def evaluate(run: Path, data: str, split: str = "test", *, closed_candidates: bo
     atomic_write(out / ANSWERS, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in rows_out)))
     write_json(out / METRICS, metrics)
     return metrics
-
-
-# --- the pipeline ---------------------------------------------------------------------------------------------------
-class StageData(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    data: str
-    split: str = "train"
-    epochs: int = Field(ge=1)
-
-
-class EvalData(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    data: str = "vqa-rad"
-    split: str = "test"
-    closed_candidates: bool = True
-
-
-class PipelineConfig(BaseModel):
-    """Three stages and the evaluation from one file: ``options`` are shared (each stage continues the last),
-    the stages set their data and epochs."""
-    model_config = ConfigDict(extra="forbid")
-    options: StageOptions = StageOptions()
-    caption: StageData = StageData(data="medpix", epochs=2)
-    vqa: StageData = StageData(data="slake", epochs=3)
-    finetune: StageData = StageData(data="vqa-rad", epochs=15)
-    eval: EvalData = EvalData()
-    data_root: Optional[str] = None
-
-
-# --quick: what a config file does not set itself. Measured on the 2-core development CPU (see the README): fewer
-# queries and one pass over captions and SLAKE; the finetune stage keeps enough epochs for the fused model to learn
-# closed answers beyond the majority.
-QUICK = {"options": {"num_queries": 8}, "caption": {"data": "medpix", "epochs": 1},
-         "vqa": {"data": "slake", "epochs": 1}, "finetune": {"data": "vqa-rad", "epochs": 8}}
-
-
-def merge(base: dict, over: dict) -> dict:
-    """``over`` on top of ``base``, nested dictionaries merged key by key."""
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-    return out
-
-
-def run_pipeline(cfg: PipelineConfig, out: Path, on_note: Note = print) -> dict | None:
-    """caption -> vqa -> finetune into ``out``/{caption,vqa,finetune}, each from the last, then the evaluation
-    (``out/finetune/metrics.json``). A new tiny LM's tokenizer learns the text of all three training sets.
-    ``options.devices`` > 1: the stages train on that many processes (launched once); global rank 0 alone
-    evaluates and gets the metrics, the others get None."""
-    out = Path(out)
-    check_new_run_dir(out)
-    fabric = launch(cfg.options)
-    if fabric is not None and fabric.global_rank != 0:
-        on_note = lambda message: None  # noqa: E731
-    stages = (("caption", cfg.caption), ("vqa", cfg.vqa), ("finetune", cfg.finetune))
-    vocab = []
-    if cfg.options.lm == TINY:
-        for stage, sd in stages:
-            vocab += texts_of(load_stage_items(stage, sd.data, sd.split, cfg.options, cfg.data_root,
-                                               on_note=lambda _: None)[0])
-    init = None
-    for stage, sd in stages:
-        opts = cfg.options.model_copy(update={"epochs": sd.epochs})
-        train_stage(stage, sd.data, out / stage, opts, split=sd.split, init=init, root=cfg.data_root,
-                    vocab_texts=vocab, on_note=on_note, fabric=fabric)
-        init = out / stage
-    if fabric is not None and fabric.global_rank != 0:
-        return None
-    return evaluate(init, cfg.eval.data, cfg.eval.split, closed_candidates=cfg.eval.closed_candidates,
-                    root=cfg.data_root, on_note=on_note, device=cfg.options.device)
 
 
 def summary_line(metrics: dict) -> str:

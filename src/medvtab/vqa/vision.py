@@ -13,6 +13,7 @@ from torch import nn
 
 from medvtab.backbones import Backbone, load_backbone
 from medvtab.backbones.vit import ViTBackbone
+from medvtab.engine.run import load_run
 from medvtab.errors import MedvtabError
 
 DYNAMER_PREFIX = "dynamer:"
@@ -81,8 +82,6 @@ def load_vision(spec: str, img_size: int | None = None) -> VisionEncoder:
     or ``dynamer:RUN_DIR`` (a run of ``medvtab train --method dynamer``, at the size it was trained at)."""
     if not spec.startswith(DYNAMER_PREFIX):
         return VisionEncoder(spec, backbone=load_backbone(spec, img_size=img_size))
-    from medvtab.engine.run import load_run
-
     run = Path(spec.removeprefix(DYNAMER_PREFIX))
     if not run.is_dir():
         raise MedvtabError(f"vision spec '{spec}': {run} is not a run directory")

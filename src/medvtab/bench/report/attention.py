@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from medvtab.backbones import Backbone
 from medvtab.backbones.base import gather_tokens
+from medvtab.backbones.sam import _relative_bias
+from medvtab.data.protocols import SPLITS_FILE, resplit
+from medvtab.engine.run import load_run
 from medvtab.errors import MedvtabError
 
 CLS_KIND, MEAN_KIND = "CLS-to-patch attention", "mean attention received (no CLS token)"
@@ -62,8 +66,6 @@ def _vit_probs(blk, tokens: torch.Tensor) -> torch.Tensor:
 def _sam_probs(backbone: Backbone, blk, tokens: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     """Attention probabilities (B, heads, K, K) of a global-attention SAM block among the tokens given
     (all grid positions, or those at ``keep``), with SAM's decomposed relative-position bias."""
-    from medvtab.backbones.sam import _relative_bias
-
     if blk.window_size > 0:
         raise MedvtabError(f"attention maps: the last block of '{backbone.spec}' uses windowed attention "
                            f"(window {blk.window_size}); only global-attention blocks are drawn")
@@ -169,11 +171,6 @@ def pick_images(labels: np.ndarray, count: int) -> list[int]:
 
 def run_attention(run_dir, count: int = 4) -> AttentionMaps:
     """Attention maps of ``count`` test images of the run's own test split (rebuilt from its splits.json)."""
-    from pathlib import Path
-
-    from medvtab.data.protocols import SPLITS_FILE, resplit
-    from medvtab.engine.run import load_run
-
     run_dir = Path(run_dir)
     model, config, class_names = load_run(run_dir)
     check_same_backbones(model, config)
