@@ -161,8 +161,8 @@ def train_epoch(training: TrainingPass, state: TrainState, epoch: int) -> tuple[
     """``training.run``; after CUDA out of memory with ``--auto-batch`` the epoch starts again from its starting
     state at half the batch size, on the schedule of that batch size, so it goes on exactly as a run started at
     that batch size would from that epoch's weights (else :class:`~medvtab.engine.batches.OutOfMemory`)."""
-    start = state.capture() if state.batches.auto else None
     while True:
+        start = state.capture() if state.batches.auto else None  # the state this attempt starts from
         try:
             return training.run(state, epoch)
         except torch.OutOfMemoryError:
