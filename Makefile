@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CORE := $(VENV)/.installed-core
 DEV := $(VENV)/.installed-dev
 
-.PHONY: browser test test-slow demo bench clean
+.PHONY: venv browser test test-slow demo bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,10 @@ $(DEV): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# Headless Chromium for the report's browser test (tests/bench/test_report_browser.py); idempotent.
+# Everything installed, without running anything (what ../shared/contract/check expects in .venv).
+venv: $(DEV)
+
+# Headless Chromium for the report's browser test (tests/bench/report/test_browser.py); idempotent.
 browser:
 	test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
 
