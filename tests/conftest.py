@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from medvtab.data.loading import bundled_path
+from medvtab.methods import build_model, make_config
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -23,6 +24,22 @@ def pair():
     from medvtab.backbones import load_backbone
 
     return load_backbone("tiny-general"), load_backbone("tiny-medical")
+
+
+@pytest.fixture
+def dynamer(pair):
+    """``dynamer(num_classes=3, seed=0, moved=False, backbones=pair, **options)`` -> a DynaMer model; ``moved``: its
+    trainable weights moved away from the identity start (so every path matters)."""
+    def build(num_classes=3, seed=0, moved=False, backbones=pair, **options):
+        torch.manual_seed(seed)
+        model = build_model("dynamer", make_config("dynamer", options), *backbones, num_classes)
+        if moved:
+            with torch.no_grad():
+                for p in model.parameters():
+                    if p.requires_grad:
+                        p.add_(torch.randn_like(p) * 0.05)
+        return model
+    return build
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,6 @@
 import pytest
 import torch
 
-from medvtab.methods import build_model, make_config
-
 
 @pytest.fixture(scope="module")
 def images():
@@ -12,15 +10,7 @@ def images():
 
 
 @pytest.fixture
-def trained_dynamer(pair):
-    """``make(**options)``: a DynaMer on the tiny pair whose trainable weights have moved away from the identity
-    start (so every path matters)."""
-    def make(seed=0, **options):
-        torch.manual_seed(seed)
-        model = build_model("dynamer", make_config("dynamer", options), *pair, 3)
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.requires_grad:
-                    p.add_(torch.randn_like(p) * 0.05)
-        return model
-    return make
+def trained_dynamer(dynamer):
+    """``make(seed=0, **options)``: a DynaMer on the tiny pair whose trainable weights have moved away from the
+    identity start (so every path matters)."""
+    return lambda seed=0, **options: dynamer(seed=seed, moved=True, **options)

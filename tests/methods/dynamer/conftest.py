@@ -3,29 +3,12 @@ import pytest
 import torch
 
 from medvtab.backbones import load_backbone
-from medvtab.methods import build_model, make_config
 
 
 @pytest.fixture(scope="module")
 def images():
     g = torch.Generator().manual_seed(0)
     return torch.randint(0, 256, (4, 1, 28, 28), generator=g, dtype=torch.uint8)
-
-
-@pytest.fixture
-def dynamer(pair):
-    """``dynamer(num_classes=3, seed=0, moved=False, backbones=pair, **options)`` -> a DynaMer model; ``moved``: its
-    trainable weights moved away from the identity start (so every path matters)."""
-    def build(num_classes=3, seed=0, moved=False, backbones=pair, **options):
-        torch.manual_seed(seed)
-        model = build_model("dynamer", make_config("dynamer", options), *backbones, num_classes)
-        if moved:
-            with torch.no_grad():
-                for p in model.parameters():
-                    if p.requires_grad:
-                        p.add_(torch.randn_like(p) * 0.05)
-        return model
-    return build
 
 
 @pytest.fixture(scope="module")
