@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from medvtab.engine.acceleration import keep_freed_memory
+from medvtab.engine.allocator import keep_freed_memory
 from medvtab.perf.report import dumps
 from medvtab.perf.context import PerfConfig, machine_record, make_context
 from medvtab.perf.flops import measure_flops
@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--clock", default="auto", choices=("auto", "wall", "cpu"))
     args = ap.parse_args()
-    keep_freed_memory()  # as every medvtab command does (see medvtab.engine.acceleration)
+    keep_freed_memory()  # as every medvtab command does (see medvtab.engine.allocator)
 
     cfg = PerfConfig.for_profile(args.device, quick=False, general=args.general, medical=args.medical,
                                  skip_batch_sizes=(args.batch_size,), rounds=args.rounds, threads=args.threads,

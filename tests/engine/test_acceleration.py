@@ -343,7 +343,7 @@ def test_two_processes_compiled_and_checkpointed_match_one_eager(small_task, tmp
 FAULTS = """
 import resource, sys, torch
 from medvtab.backbones import load_backbone
-from medvtab.engine.acceleration import keep_freed_memory
+from medvtab.engine.allocator import keep_freed_memory
 torch.set_num_threads(1)
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 backbone = load_backbone("tiny-general").eval()

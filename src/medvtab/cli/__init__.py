@@ -10,6 +10,7 @@ import typer
 
 from medvtab.cli import bench, data, perf, pretrain, train, vqa
 from medvtab.cli.common import run_with_one_line_errors
+from medvtab.engine.allocator import keep_freed_memory
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Adapt general + medical vision foundation models to medical imaging tasks.")
@@ -21,8 +22,5 @@ app.add_typer(vqa.app, name="vqa", help="MedVQA: vision encoder + Q-Former + LM 
 
 
 def main() -> None:
-    # imported here, not at the top: importing the app alone (tests, completions) stays free of torch
-    from medvtab.engine.acceleration import keep_freed_memory
-
     keep_freed_memory()  # every command: CPU forwards without a page fault per activation buffer
     run_with_one_line_errors(app)

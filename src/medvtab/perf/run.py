@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict
 from typing import Callable
 
-from medvtab.engine.acceleration import keep_freed_memory
+from medvtab.engine.allocator import keep_freed_memory
 from medvtab.methods.dynamer.config import SKIP_MODES
 from medvtab.perf.backbones import measure_backbones
 from medvtab.perf.context import Context, PerfConfig, machine_record, make_context
@@ -62,7 +62,7 @@ def _target(name: str, value, key: str | None = None, applies: bool = True) -> d
 def run_perf(cfg: PerfConfig, on_progress: Callable[[str], None] = lambda m: None) -> dict:
     """Every measurement, in one process; the result is JSON-ready."""
     started = time.perf_counter()
-    malloc_tuned = keep_freed_memory()  # as the CLI does for every command (see medvtab.engine.acceleration)
+    malloc_tuned = keep_freed_memory()  # as the CLI does for every command (see medvtab.engine.allocator)
     ctx = make_context(cfg)
     durations = {}
 
