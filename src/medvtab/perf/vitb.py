@@ -34,6 +34,19 @@ def measure_vitb(ctx: Context) -> dict:
             **{ratio_key(mode, r): t.ratio("keep:1.0", case_name(mode, r)) for mode, r in timed[1:]}}
 
 
+def meta_model(options: dict, general, medical):
+    """DynaMer with ``options`` on backbones built on meta tensors (shapes only), in evaluation mode."""
+    # building reads the backbones' normalisation constants, which meta tensors do not hold
+    buffers = [(b, b.mean, b.std) for b in (general, medical)]
+    for b, mean, std in buffers:
+        b.mean, b.std = (torch.zeros(mean.shape, device="cpu"), torch.ones(std.shape, device="cpu"))
+    try:
+        return build_model("dynamer", make_config("dynamer", options), general, medical, NUM_CLASSES).eval()
+    finally:
+        for b, mean, std in buffers:
+            b.mean, b.std = mean, std
+
+
 def vitb_flops(batch: int = 1) -> dict:
     """Both frozen backbones, and DynaMer at every keep ratio and skip mode, counted on meta tensors (shapes only:
     nothing is computed, no weights are needed)."""
@@ -52,16 +65,7 @@ def vitb_flops(batch: int = 1) -> dict:
         out["both_backbones"] = out["one_backbone"] + out["medical_backbone"]
         for mode in SKIP_MODES:
             for r in KEEP_RATIOS:
-                # building reads the backbones' normalisation constants, which meta tensors do not hold
-                buffers = [(b, b.mean, b.std) for b in (general, medical)]
-                for b, mean, std in buffers:
-                    b.mean, b.std = (torch.zeros(mean.shape, device="cpu"), torch.ones(std.shape, device="cpu"))
-                try:
-                    model = build_model("dynamer", make_config("dynamer", {"keep_ratio": r, "skip_mode": mode}),
-                                        general, medical, NUM_CLASSES).eval()
-                finally:
-                    for b, mean, std in buffers:
-                        b.mean, b.std = mean, std
+                model = meta_model({"keep_ratio": r, "skip_mode": mode}, general, medical)
                 out[f"dynamer_{mode}_{r}"] = count(lambda: model(x))
     ratios = {"both_over_one": round(out["both_backbones"] / out["one_backbone"], 4),
               "dynamer_over_both": round(out["dynamer_adapter_1.0"] / out["both_backbones"], 4),

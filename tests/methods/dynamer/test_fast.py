@@ -39,14 +39,19 @@ def test_fast_and_paper_logits_agree_in_evaluation(dynamer, images, skip_mode, k
 
 
 @pytest.mark.parametrize("skip_mode, keep_ratio", SKIPPING)
-def test_fast_and_paper_agree_in_training(dynamer, images, skip_mode, keep_ratio):
+@pytest.mark.parametrize("preset", ["paper", "lite"])
+def test_fast_and_paper_agree_in_training(dynamer, images, skip_mode, keep_ratio, preset):
+    """The paper's configuration (shared router, width gates, no auxiliary loss) and the lite one (a router per
+    stream, one-value gates, the load-balancing loss)."""
     labels = torch.tensor([0, 1, 2, 0])
     runs = {}
     for fast in (False, True):
-        model = dynamer(keep_ratio=keep_ratio, skip_mode=skip_mode, moved=True).train()
+        model = dynamer(keep_ratio=keep_ratio, skip_mode=skip_mode, preset=preset, moved=True).train()
         model.set_fast(fast)
         out = model(images)
         aux = model.auxiliary_loss()
+        assert (aux is None) == (preset == "paper")
+        aux = torch.zeros(()) if aux is None else aux
         (torch.nn.functional.cross_entropy(out, labels) + aux).backward()
         runs[fast] = (out.detach(), aux.detach(),
                       {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
@@ -58,11 +63,13 @@ def test_fast_and_paper_agree_in_training(dynamer, images, skip_mode, keep_ratio
         torch.testing.assert_close(grads[name], g, **GRAD_TOL, msg=name)
 
 
-@pytest.mark.parametrize("options", [{"gate_dim": "width"}, {"gate_dim": "width/4", "keep_ratio": 0.5},
+@pytest.mark.parametrize("options", [{"gate_dim": "1"}, {"gate_dim": "width/4", "keep_ratio": 0.5},
                                      {"gates": "general", "keep_ratio": 0.3, "skip_mode": "later-blocks"},
-                                     {"gates": "none", "keep_ratio": 0.5, "top_k": 3}])
+                                     {"gates": "none", "keep_ratio": 0.5, "top_k": 3}, {"preset": "lite"},
+                                     {"router": "per-stream", "keep_ratio": 0.3}, {"gated_layers": "0,2"}])
 def test_fast_and_paper_logits_agree_for_every_gate_shape(dynamer, images, options):
-    """A one-value gate folds into the expert weights on the fast path; wider gates multiply the change."""
+    """A one-value gate folds into the expert weights on the fast path (with a router per stream, into its first
+    product); wider gates multiply the change; the shared router serves both streams."""
     model = dynamer(moved=True, **options).eval()
     paper = logits(model, images, fast=False)
     for moe in ("dense", "gathered"):
@@ -70,7 +77,7 @@ def test_fast_and_paper_logits_agree_for_every_gate_shape(dynamer, images, optio
 
 
 @pytest.mark.parametrize("options", [{}, {"keep_ratio": 0.5, "skip_mode": "later-blocks"}, {"keep_ratio": 0.3},
-                                     {"keep_ratio": 0.3, "skip_mode": "block"}])
+                                     {"keep_ratio": 0.3, "skip_mode": "block"}, {"preset": "lite"}])
 def test_fast_and_paper_logits_agree_on_vitb_layouts(dynamer, vitb_pair, options):
     """DINOv2's CLS does not merge (its summary never sees the last layer); LVM-Med's mean-pooled summary reads
     every token."""

@@ -8,6 +8,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from medvtab.backbones import load_backbone
 from medvtab.backbones.vit import ViTBackbone
+from medvtab.errors import MedvtabError
 from medvtab.methods import make_config
 from medvtab.methods.dynamer.layer import DynaMerLayer
 
@@ -56,14 +57,13 @@ def test_exactly_ceil_rho_n_tokens_reach_the_adapter(dynamer, images, keep_ratio
     expected = math.ceil(keep_ratio * n) + 1
     routed, down = [], []
     layers = list(model.runner.hooks.values())
-    hooks = [parts.router.register_forward_hook(lambda m, i, o: routed.append(i[0].shape))
-             for layer in layers for parts in layer.streams]
+    hooks = [layer.router.register_forward_hook(lambda m, i, o: routed.append(i[0].shape)) for layer in layers]
     hooks += [layer.experts.down.register_forward_hook(lambda m, i, o: down.append(i[0].shape[1]))
               for layer in layers]
     model(images)
     for h in hooks:
         h.remove()
-    assert routed == [(4, expected, 96)] * 8  # per stream and layer: the kept tokens, no others
+    assert routed == [(4, expected, 96)] * 8  # the shared router, per stream and layer: the kept tokens, no others
     assert down == ([n + 1] * 4 if keep_ratio == 1 else [expected] * 8)
 
 
@@ -120,12 +120,12 @@ def test_block_skip_leaves_skipped_tokens_untouched_by_the_block(pair, images):
 def test_routers_get_gradients(dynamer, images, skip_mode):
     model = dynamer(keep_ratio=0.5, skip_mode=skip_mode).train()
     labels = torch.tensor([0, 1, 2, 0])
-    loss = torch.nn.functional.cross_entropy(model(images), labels) + model.auxiliary_loss()
+    loss = torch.nn.functional.cross_entropy(model(images), labels)
     loss.backward()
     layers = list(model.runner.hooks.values())
     for i, layer in enumerate(layers):
-        for parts in layer.streams:
-            routers = [("expert router", parts.router), ("skip router", parts.skip_router)]
+        for s, parts in enumerate(layer.streams):
+            routers = [("expert router", layer.router_of(s)), ("skip router", parts.skip_router)]
             if i == len(layers) - 1:
                 # After the last block only the CLS tokens reach the head, and CLS is never skipped:
                 # the last skip router has no influence on the loss, so no gradient.
@@ -151,7 +151,7 @@ def test_each_gate_value_is_shared_by_its_group_of_channels(pair, gate_dim, grou
 
 
 def test_load_balancing_loss_penalises_collapse(dynamer, pair):
-    layer = paper_layer(pair)
+    layer = paper_layer(pair, preset="lite")
     x = torch.randn(2, 50, 96)
     weights, logits = layer.route(0, x)
     balanced = layer._balance_loss(logits, weights)
@@ -159,7 +159,90 @@ def test_load_balancing_loss_penalises_collapse(dynamer, pair):
         layer.streams[0].router[2].bias.copy_(torch.tensor([50.0, 49.0, 0.0, 0.0]))
     weights, logits = layer.route(0, x)
     assert layer._balance_loss(logits, weights) > balanced
-    assert dynamer(balance_weight=0).auxiliary_loss() is None
+
+
+def test_no_auxiliary_loss_by_default_and_the_balance_loss_with_lite(dynamer, images):
+    for options, has_loss in [({}, False), ({"preset": "lite"}, True), ({"balance_weight": 0.01}, True),
+                              ({"preset": "lite", "balance_weight": 0}, False)]:
+        model = dynamer(**options).train()
+        model(images)
+        assert (model.auxiliary_loss() is not None) == has_loss, options
+
+
+def test_one_adaptation_router_is_shared_by_the_streams_each_reading_its_own_tokens(dynamer, images):
+    """The paper: "the shared MoE adapter containing a router", and the general and medical tokens of a pair "may
+    activate different experts since their token information seen by the router is not the same"."""
+    model = dynamer(moved=True).eval()
+    model.set_fast(False)
+    layer = model.runner.hooks["1"]
+    assert layer.router is not None and all(parts.router is None for parts in layer.streams)
+    assert layer.router_of(0) is layer.router_of(1) is layer.router
+    seen = []
+    handle = layer.router.register_forward_hook(lambda m, i, o: seen.append((i[0].clone(), o.clone())))
+    captured = {}
+    pre = layer.register_forward_pre_hook(lambda m, args: captured.update(xg=args[0].clone(), xm=args[1].clone()))
+    with torch.no_grad():
+        model(images)
+    handle.remove()
+    pre.remove()
+    (general_in, general_logits), (medical_in, medical_logits) = seen
+    torch.testing.assert_close(general_in, captured["xg"][:, layer.starts[0]:], rtol=0, atol=0)
+    torch.testing.assert_close(medical_in, captured["xm"][:, layer.starts[1]:], rtol=0, atol=0)
+    picks = [logits.topk(2, dim=-1).indices.sort(dim=-1).values for logits in (general_logits, medical_logits)]
+    assert not torch.equal(picks[0], picks[1])  # the streams pick experts of their own
+    per_stream = dynamer(router="per-stream").runner.hooks["1"]
+    assert per_stream.router is None and per_stream.router_of(0) is not per_stream.router_of(1)
+
+
+def test_gated_layers_gates_only_the_named_layers_with_adapters_everywhere(dynamer, pair, images):
+    model = dynamer(gated_layers="1,3").eval()
+    assert sorted(model.runner.hooks) == ["0", "1", "2", "3"]
+    for i, layer in model.runner.hooks.items():
+        assert all((parts.gate is not None) == (i in ("1", "3")) for parts in layer.streams), i
+    # an ungated layer adds the experts' change in full (x_hat = x_tilde): closing the gates of the gated
+    # layers leaves the others changing the tokens
+    with torch.no_grad():
+        for layer in model.runner.hooks.values():
+            layer.experts.up.weight.normal_(std=0.1)
+            for parts in layer.streams:
+                if parts.gate is not None:
+                    parts.gate.bias.fill_(-1e4)
+        xg, _ = model.runner(images)
+        assert not torch.allclose(pair[0].summary(xg), pair[0](images))
+    assert all(parts.gate is None for layer in dynamer(gates="none").runner.hooks.values() for parts in layer.streams)
+    with pytest.raises(MedvtabError, match="gated_layers"):
+        dynamer(gated_layers="last:9")
+
+
+@pytest.mark.parametrize("skip_mode", ["adapter", "later-blocks", "block"])
+@pytest.mark.parametrize("fast", [False, True])
+def test_keep_ratio_one_with_the_skipping_router_equals_no_skipping(dynamer, images, skip_mode, fast):
+    """Table 7's rows differ only in which tokens are skipped: a model with skipping routers that keeps every token
+    computes the logits of the same model without skipping, in evaluation and in training, and the same gradients
+    of the weights the skipping routers do not read from (the head and the last layer; earlier layers' gradients
+    also carry what the routers' learning sends back through the tokens they read)."""
+    skipping = dynamer(keep_ratio=0.5, skip_mode=skip_mode, moved=True)
+    plain = dynamer(keep_ratio=1.0, moved=True, seed=1)
+    missing, unexpected = plain.load_state_dict(skipping.state_dict(), strict=False)
+    assert not missing and unexpected and all("skip_router" in k for k in unexpected)
+    for layer in skipping.runner.hooks.values():
+        layer.keep = 49  # every patch token
+    labels = torch.tensor([0, 1, 2, 0])
+    runs = []
+    for model in (skipping, plain):
+        model.set_fast(fast)
+        with torch.no_grad():
+            evaluated = model.eval()(images)
+        trained = model.train()(images)
+        torch.nn.functional.cross_entropy(trained, labels).backward()
+        runs.append((evaluated, trained.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (evaluated, trained, grads), (plain_evaluated, plain_trained, plain_grads) = runs
+    torch.testing.assert_close(evaluated, plain_evaluated, rtol=0, atol=0)
+    torch.testing.assert_close(trained, plain_trained, rtol=0, atol=0)
+    for name, g in plain_grads.items():
+        if name.startswith(("head.", "runner.hooks.3.")):
+            torch.testing.assert_close(grads[name], g, rtol=1e-6, atol=1e-8, msg=lambda m: f"{name}: {m}")
+    assert any("skip_router" in n and g.abs().sum() > 0 for n, g in grads.items())  # the routers still learn
 
 
 def test_streams_of_different_widths_project_per_stream(dynamer, images):
@@ -171,4 +254,5 @@ def test_streams_of_different_widths_project_per_stream(dynamer, images):
     model = dynamer(backbones=(general, narrow))
     layer = model.runner.hooks["0"]
     assert layer.streams[0].project is None and layer.streams[1].project.out_features == 48
+    assert layer.router is None  # one router cannot read both widths: one per stream
     model(images).sum().backward()

@@ -1,11 +1,11 @@
 """The DynaMer layer production runs: the paper's layer (:mod:`.layer`) computed with less work, same parameters,
 same results up to float rounding (``tests/methods/dynamer/test_fast.py``; ``medvtab perf`` times it).
 
-What it saves: the load-balancing loss's inputs are kept only in training; after the last block, in evaluation,
-only what the summaries read is adapted (the CLS pair when both streams pool their CLS; see
+What it saves: the skipping router's straight-through factor (exactly 1) is applied only where autograd records
+it; after the last block, in evaluation, only what the summaries read is adapted (the CLS pair when both streams pool their CLS; see
 :class:`~medvtab.methods.dual_stream.StepHints`); without autograd stream tensors are updated in place; in
 ``later-blocks`` mode the rows the adapter took go straight to the next block (no scatter and gather of the same
-rows in between); the skipping router's weight and a one-value gate fold into the expert weights, and the
+rows in between); the skipping router's factor and a one-value gate fold into the expert weights, and the
 experts' bias term joins the up-projection's product; the routers' small products are padded (``PAD_COLUMNS``);
 and the experts run dense or gathered by size (:meth:`SharedExperts.choose`).
 """
@@ -18,7 +18,7 @@ from torch import nn
 from medvtab.backbones.base import BackboneInfo, gather_tokens, put_tokens
 from medvtab.methods.dual_stream import ALL_TOKENS, Picks, StepHints
 from medvtab.methods.dynamer.config import DynaMerConfig
-from medvtab.methods.dynamer.layer import DynaMerLayer, StreamParts
+from medvtab.methods.dynamer.layer import DynaMerLayer
 
 # Single-thread CPU matrix products (MKL) run several times slower with a few output columns than with 16. So
 # the routers' small products are padded with zero columns to a multiple of PAD_COLUMNS, the expert router's first
@@ -58,8 +58,9 @@ def softmax_sorted(values: torch.Tensor) -> torch.Tensor:
 class FastDynaMerLayer(DynaMerLayer):
     """:class:`DynaMerLayer` computed faster; ``fast = False`` runs the paper's layer (the reference)."""
 
-    def __init__(self, cfg: DynaMerConfig, general: BackboneInfo, medical: BackboneInfo, merges_cls: bool):
-        super().__init__(cfg, general, medical, merges_cls)
+    def __init__(self, cfg: DynaMerConfig, general: BackboneInfo, medical: BackboneInfo, merges_cls: bool,
+                 gated: bool = True):
+        super().__init__(cfg, general, medical, merges_cls, gated)
         self.fast = True
 
     def skip_scores(self, s: int, tokens: torch.Tensor) -> torch.Tensor:
@@ -78,17 +79,18 @@ class FastDynaMerLayer(DynaMerLayer):
                                                   hints.inplace and not torch.is_grad_enabled(), carry)
         return xg, xm, self.next_picks(chosen, rows)
 
-    def _router_and_gate(self, parts: StreamParts, x: torch.Tensor):
-        """Expert-router logits and gate values of tokens ``x``: the router's first layer and a one-value gate
-        read ``x`` in one padded product."""
-        hidden, gate = parts.router[0].out_features, None
+    def _router_and_gate(self, s: int, x: torch.Tensor):
+        """Expert-router logits and gate values of stream ``s``'s tokens ``x``: the router's first layer and a
+        one-value gate read ``x`` in one padded product."""
+        parts, router = self.streams[s], self.router_of(s)
+        hidden, gate = router[0].out_features, None
         fuse_gate = parts.gate is not None and parts.gate.out_features == 1
-        z = fused_linear(x, [parts.router[0]] + ([parts.gate] if fuse_gate else []))
+        z = fused_linear(x, [router[0]] + ([parts.gate] if fuse_gate else []))
         if fuse_gate:
             gate = torch.sigmoid(z[..., hidden:hidden + 1])
         elif parts.gate is not None:
             gate = parts.gate_values(x)
-        logits = linear_on_padded(F.gelu(z), parts.router[2])[..., :self.cfg.num_experts]
+        logits = linear_on_padded(F.gelu(z), router[2])[..., :self.cfg.num_experts]
         return logits, gate
 
     def _delta(self, s: int, x: torch.Tensor, pair: torch.Tensor | None, hidden: torch.Tensor | None,
@@ -96,18 +98,19 @@ class FastDynaMerLayer(DynaMerLayer):
         """Stream ``s``'s gated change of its tokens ``x`` (:meth:`adapt` minus ``x``): from the shared dense
         ``hidden`` when given, else from ``pair`` (dense or gathered, per :meth:`SharedExperts.choose`)."""
         parts = self.streams[s]
-        logits, gate = self._router_and_gate(parts, x)
+        logits, gate = self._router_and_gate(s, x)
         top_val, top_idx = logits.topk(self.cfg.top_k, dim=-1)
         top_w = softmax_sorted(top_val)
         impl = "dense" if hidden is not None else self.experts.choose(x.shape[0] * x.shape[1], x.device)
         weights = None
         if impl == "dense" or self.training or self.record_stats:
             weights = torch.zeros_like(logits).scatter(-1, top_idx, top_w)
-        if self.training:
+        if self.training and self.cfg.balance_weight:
             self._balance.append((logits, weights))
-        router_weight = router_weight.unsqueeze(-1) if router_weight is not None else None
+        # the straight-through factor is exactly 1: only its gradient matters
+        router_weight = router_weight.unsqueeze(-1) if router_weight is not None and torch.is_grad_enabled() else None
         # The change is linear in the expert weights, so per-token factors fold into them (a (tokens x n) product
-        # instead of one over (tokens x width)): the skipping router's weight, and a one-value-per-token gate.
+        # instead of one over (tokens x width)): the skipping router's factor, and a one-value-per-token gate.
         # Not past a projection's bias.
         foldable = parts.project is None
         gate_folds = foldable and gate is not None and gate.shape[-1] == 1

@@ -5,26 +5,32 @@ Per merged token pair ``(x_gen,i, x_med,i)`` (patch tokens; CLS too when both st
 * Eq. 2, the MoE adapter (:meth:`DynaMerLayer.route`, :meth:`DynaMerLayer.adapt`): experts ``AdapE_j`` shared by
   both streams are bottleneck MLPs on the pair (:mod:`.experts`), each an adapter layer with its residual on the
   stream's own token, ``AdapE_j(x_s) = x_s + delta_j``, so ``x_tilde = sum_j p_j AdapE_j = x_s + sum_j p_j delta_j``
-  (the top-k weights sum to one). Each stream routes with its own ``R_A`` (an MLP on its token): KeepTopK, softmax.
+  (the top-k weights sum to one). One adaptation router ``R_A`` (an MLP; KeepTopK, softmax) belongs to the shared
+  adapter and reads each stream's own token, so the two tokens of a pair may pick different experts ("their token
+  information seen by the router is not the same"); ``router: per-stream`` gives each stream its own (also where
+  the widths differ, since one MLP cannot read both).
 * Eq. 3, the gate (:meth:`DynaMerLayer.gate`): per stream one linear layer ``G``, ``x_hat = g * x_tilde + (1 - g) *
-  x``, i.e. ``x + g * (x_tilde - x)``. By default ``G`` reads the whole token and gives one value per token (the
-  paper: "outputs a value between 0 and 1", "lightweight"); ``gate_dim`` up to ``width`` gives a value per group
-  of channels, up to one per channel.
+  x``, i.e. ``x + g * (x_tilde - x)``. By default ``G`` gives a gating vector of the token's width (Table 5's
+  768/768 row, the configuration of Table 1); ``gate_dim`` down to 1 gives one value per group of channels, down
+  to one per token. Only the layers in ``gated_layers`` have gates (Table 6); the others use ``x_tilde``.
 * Eq. 4, the layer-wise skipping router (:meth:`DynaMerLayer.select`), with ``keep_ratio`` < 1: per stream an MLP
   ``R_S``; the ``ceil(rho * N)`` patch tokens with the largest ``||R_S(x)||`` go through the adapter, CLS always,
-  the others skip it. The router learns as in Mixture-of-Depths: the adapter's change is scaled by
-  ``sigmoid(||R_S(x)||)``. ``skip_mode="adapter"`` is the paper's equation (the router reads the block's output and
-  picks the adapter's tokens). Skipping saves real time only where skipped tokens also bypass backbone blocks (the
-  adapter is a few percent of the FLOPs): ``"block"`` has the router read the block's input and pick the tokens
-  for the block and the adapter after it, in every block from the first (Mixture-of-Depths' placement; the
-  paper's Table 7 speed-ups exceed what any scheme with a full first block allows); ``"later-blocks"`` sends the
-  tokens the adapter took through the next block too (the first block sees every token).
-* A Switch-style load-balancing loss (``balance_weight``) keeps experts from collapsing.
+  the others skip it. TopK has no gradient, so the router learns through a straight-through factor on the
+  adapter's change: 1 in the forward pass (the paper's equation, and keep ratio 1 computes exactly what the
+  skipping rows compute on their kept tokens), the gradient of ``sigmoid(||R_S(x)||)`` in the backward pass (as
+  in Mixture-of-Depths, whose factor would also scale every change by [0.5, 1)). ``skip_mode="adapter"`` is the
+  paper's equation (the router reads the block's output and picks the adapter's tokens). Skipping saves real
+  time only where skipped tokens also bypass backbone blocks (the adapter is a few percent of the FLOPs):
+  ``"block"`` has the router read the block's input and pick the tokens for the block and the adapter after it,
+  in every block from the first (Mixture-of-Depths' placement; the paper's Table 7 speed-ups exceed what any
+  scheme with a full first block allows); ``"later-blocks"`` sends the tokens the adapter took through the next
+  block too (the first block sees every token).
+* Not in the paper, off by default: a Switch-style load-balancing loss (``balance_weight``).
 
 Choices where the paper is silent: up-projections start at N(0, 1e-3) and gates at 0.5, so every layer starts
 close to the identity while all routers already receive gradients; routers are two-layer MLPs of width
-``router_hidden``; experts and routers are width / 12 wide (see ``WIDTH_DIVISOR``); with different backbone widths
-experts output the larger width and a linear map per stream projects to the other.
+``router_hidden``; experts and routers are width / ``width_divisor`` wide; with different backbone widths experts
+output the larger width and a linear map per stream projects to the other.
 
 Production runs :class:`~medvtab.methods.dynamer.fast.FastDynaMerLayer`, the same function computed faster.
 """
@@ -48,13 +54,14 @@ def _mlp(width: int, hidden: int, out: int) -> nn.Sequential:
 
 
 class StreamParts(nn.Module):
-    """The per-stream pieces of a DynaMer layer: expert router, gate, skipping router, output projection."""
+    """The per-stream pieces of a DynaMer layer: gate, skipping router, output projection, and the adaptation router
+    where each stream has its own (``own_router``)."""
 
-    def __init__(self, width: int, expert_width: int, cfg: DynaMerConfig, gated: bool):
+    def __init__(self, width: int, expert_width: int, cfg: DynaMerConfig, gated: bool, own_router: bool):
         super().__init__()
         self.width = width
         router_hidden = cfg.widths(expert_width)[1]
-        self.router = _mlp(width, router_hidden, cfg.num_experts)
+        self.router = _mlp(width, router_hidden, cfg.num_experts) if own_router else None
         gate_dim = {"width": width, "width/2": width // 2, "width/4": width // 4, "1": 1}[cfg.gate_dim]
         if width % gate_dim:
             raise MedvtabError(f"option 'gate_dim': {cfg.gate_dim} does not divide width {width}")
@@ -79,7 +86,8 @@ class StreamParts(nn.Module):
 
 class Selection(NamedTuple):
     """Eq. 4's choice in one stream: patch indices ``(B, K)`` in grid order, the rows of the merged tokens that
-    go through the adapter (the CLS first where it merges), and the skipping router's weight of each row."""
+    go through the adapter (the CLS first where it merges), and the straight-through factor of each row (1 in the
+    forward pass, the skipping router's gradient in the backward pass)."""
     keep: torch.Tensor
     rows: torch.Tensor
     weight: torch.Tensor
@@ -88,7 +96,8 @@ class Selection(NamedTuple):
 class DynaMerLayer(DualStreamHook):
     """The hook after one block: gated MoE adapter shared by both streams, plus skipping routers."""
 
-    def __init__(self, cfg: DynaMerConfig, general: BackboneInfo, medical: BackboneInfo, merges_cls: bool):
+    def __init__(self, cfg: DynaMerConfig, general: BackboneInfo, medical: BackboneInfo, merges_cls: bool,
+                 gated: bool = True):
         super().__init__()
         self.cfg = cfg
         self.merges_cls = merges_cls
@@ -97,9 +106,13 @@ class DynaMerLayer(DualStreamHook):
         expert_width = max(general.width, medical.width)
         self.experts = SharedExperts(general.width + medical.width, cfg.widths(expert_width)[0], expert_width,
                                      cfg.num_experts, cfg.top_k)
-        gated = {"general": cfg.gates in ("both", "general"), "medical": cfg.gates in ("both", "medical")}
-        self.streams = nn.ModuleList(
-            StreamParts(info.width, expert_width, cfg, gated[name]) for name, info in zip(STREAMS, (general, medical)))
+        shared = cfg.router == "shared" and general.width == medical.width
+        # the adaptation router of the shared MoE adapter, reading each stream's own tokens
+        self.router = _mlp(general.width, cfg.widths(expert_width)[1], cfg.num_experts) if shared else None
+        gates = {"general": gated and cfg.gates in ("both", "general"),
+                 "medical": gated and cfg.gates in ("both", "medical")}
+        self.streams = nn.ModuleList(StreamParts(info.width, expert_width, cfg, gates[name], not shared)
+                                     for name, info in zip(STREAMS, (general, medical)))
         self.prefixes = (general.num_prefix_tokens, medical.num_prefix_tokens)
         self._aux: torch.Tensor | None = None
         self._balance: list[tuple[torch.Tensor, torch.Tensor]] = []  # (logits, weights) of the last training forward
@@ -107,10 +120,14 @@ class DynaMerLayer(DualStreamHook):
         self.register_buffer("stats", torch.zeros(2, cfg.num_experts + 3), persistent=False)
 
     # -- the paper's equations -----------------------------------------------------------------------
+    def router_of(self, s: int) -> nn.Sequential:
+        """The adaptation router ``R_A`` that reads stream ``s``'s tokens: the shared one, or the stream's own."""
+        return self.router if self.router is not None else self.streams[s].router
+
     def route(self, s: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 2's router of stream ``s``: Softmax(KeepTopK(R_A(x), k)) as dense ``(..., n)`` weights with exactly
-        ``k`` non-zeros; also R_A(x) (the load-balancing loss reads it)."""
-        logits = self.streams[s].router(x)
+        """Eq. 2's router on stream ``s``'s tokens: Softmax(KeepTopK(R_A(x), k)) as dense ``(..., n)`` weights with
+        exactly ``k`` non-zeros; also R_A(x) (the load-balancing loss reads it)."""
+        logits = self.router_of(s)(x)
         top_val, top_idx = logits.topk(self.cfg.top_k, dim=-1)
         return torch.zeros_like(logits).scatter(-1, top_idx, top_val.softmax(dim=-1)), logits
 
@@ -122,11 +139,11 @@ class DynaMerLayer(DualStreamHook):
     def adapt(self, s: int, x: torch.Tensor, hidden: torch.Tensor, merged_len: int,
               router_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Eqs. 2 and 3 on stream ``s``'s tokens ``x`` -> ``x_hat = x + g * (x_tilde - x)``. ``hidden``: the experts'
-        hidden activations of the tokens' pairs; ``router_weight``: the skipping router's weight of each token (eq.
-        4), which scales the change; ``merged_len``: all merged tokens (for the statistics)."""
+        hidden activations of the tokens' pairs; ``router_weight``: the skipping router's straight-through factor of
+        each token (eq. 4; 1 in value); ``merged_len``: all merged tokens (for the statistics)."""
         parts = self.streams[s]
         weights, logits = self.route(s, x)
-        if self.training:
+        if self.training and self.cfg.balance_weight:
             self._balance.append((logits, weights))
         change = self.experts.mix(hidden, weights)  # x_tilde - x
         if parts.project is not None:
@@ -152,6 +169,7 @@ class DynaMerLayer(DualStreamHook):
         scores = self.skip_scores(s, tokens)[:, self.prefixes[s]:]
         keep = scores.topk(self.keep, dim=1).indices.sort(dim=1).values
         weight = torch.sigmoid(scores.gather(1, keep))
+        weight = weight - weight.detach() + 1  # exactly 1; its gradient is sigmoid's
         if not self.merges_cls:
             return Selection(keep, keep, weight)
         first = torch.zeros_like(keep[:, :1])

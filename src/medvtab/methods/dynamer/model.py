@@ -1,5 +1,6 @@
-"""The DynaMer model: both frozen backbones in lockstep with a DynaMer layer after the chosen blocks, a linear head
-on both summaries; registered as method ``dynamer``."""
+"""The DynaMer model: both frozen backbones in lockstep with a DynaMer layer after the chosen blocks (``layers``), its
+gates in ``gated_layers``, a linear head on both streams' summaries (a backbone's CLS token, or the mean of its patch
+tokens where it has none, as LVM-Med); registered as method ``dynamer``."""
 from __future__ import annotations
 
 import torch
@@ -21,9 +22,11 @@ class DynaMerModel(AdaptedModel):
             raise MedvtabError("method 'dynamer' needs both a general and a medical backbone")
         self.cfg = cfg
         layers = parse_layers(cfg.layers, general.depth)
+        gated = set(parse_layers(cfg.gated_layers, general.depth, "gated_layers"))
         alignment = check_alignment(general.info, medical.info)
         alignment.require()
-        hooks = {i: FastDynaMerLayer(cfg, general.info, medical.info, alignment.merges_cls) for i in layers}
+        hooks = {i: FastDynaMerLayer(cfg, general.info, medical.info, alignment.merges_cls, gated=i in gated)
+                 for i in layers}
         self.runner = DualStreamRunner(general, medical, hooks)
         self.head = nn.Linear(general.width + medical.width, num_classes)
 
