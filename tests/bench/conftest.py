@@ -31,7 +31,8 @@ def bench_specs(small: str) -> tuple[list[RunSpec], list[RunSpec]]:
     run += [RunSpec(group="ablation-gates", task=small, method="dynamer", options={"gates": g})
             for g in ("none", "both")]
     run += [RunSpec(group="ablation-gate-dim", task=small, method="dynamer", options={"gate_dim": "1"})]
-    run += [RunSpec(group="ablation-layers", task=small, method="dynamer", options={"layers": "last:1"})]
+    run += [RunSpec(group="ablation-gated-layers", task=small, method="dynamer", options={"gated_layers": "last:1"})]
+    run += [RunSpec(group="ablation-adapter-layers", task=small, method="dynamer", options={"layers": "last:1"})]
     run += [RunSpec(group="ablation-keep-ratio", task=small, method="dynamer",
                     options={"keep_ratio": ratio, "skip_mode": mode})
             for ratio, mode in ((1.0, "adapter"), (1.0, "later-blocks"), (0.5, "later-blocks"))]

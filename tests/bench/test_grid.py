@@ -72,13 +72,14 @@ def test_quick_profile_and_seeds_and_methods_filters():
 def test_ablation_groups_share_the_default_run():
     specs = expand_grid(build_suite("mini-ablations"))
     assert [g for g in GROUP_ORDER if g.startswith("ablation")] == list(dict.fromkeys(s.group for s in specs))
-    assert Counter(s.group for s in specs) == {"ablation-gates": 4, "ablation-gate-dim": 4, "ablation-layers": 4,
-                                               "ablation-keep-ratio": 12}
+    assert Counter(s.group for s in specs) == {"ablation-gates": 4, "ablation-gate-dim": 4,
+                                               "ablation-gated-layers": 4, "ablation-keep-ratio": 12,
+                                               "ablation-adapter-layers": 4}
     default = [s for s in specs if s.options == {}]  # the defaults are normalised away
-    assert {s.group for s in default} == {"ablation-gates", "ablation-gate-dim", "ablation-layers",
-                                          "ablation-keep-ratio"}
+    assert {s.group for s in default} == {"ablation-gates", "ablation-gate-dim", "ablation-gated-layers",
+                                          "ablation-keep-ratio", "ablation-adapter-layers"}
     assert len({s.run_id() for s in default}) == 1
-    assert len(unique_runs(specs)) == len(specs) - 3
+    assert len(unique_runs(specs)) == len(specs) - 4
     keep = [s for s in specs if s.group == "ablation-keep-ratio"]
     assert {(s.options.get("keep_ratio", 1.0), s.options.get("skip_mode", "adapter")) for s in keep} == {
         (r, m) for r in (1.0, 0.5, 0.3, 0.1) for m in ("adapter", "later-blocks", "block")}
@@ -101,10 +102,10 @@ def test_shipped_configs():
     assert grid.device == "cuda" and len(specs) == 23 * 14 * 3
     assert {s.general.split("@")[0] for s in specs} == {"dinov2-vitb14"}
     assert {s.medical.split("@")[0] for s in specs} == {"lvmmed-vitb"}
-    paper_size = expand_grid(load_grid_file(CONFIGS / "mini-dynamer-paper-size.yaml"))
+    lite = expand_grid(load_grid_file(CONFIGS / "mini-dynamer-lite.yaml"))
     main = [s for s in mini if s.group == "main" and s.method == "dynamer"]
-    assert [(s.task, s.train, s.train_size) for s in paper_size] == [(s.task, s.train, s.train_size) for s in main]
-    assert {s.run_id() for s in paper_size}.isdisjoint(s.run_id() for s in main)
+    assert [(s.task, s.train, s.train_size) for s in lite] == [(s.task, s.train, s.train_size) for s in main]
+    assert {s.run_id() for s in lite}.isdisjoint(s.run_id() for s in main)
 
 
 def test_normalisation_maps_equal_runs_to_one_run_id():
@@ -122,10 +123,10 @@ def test_run_id_follows_the_methods_whole_configuration(monkeypatch):
     the old default is a different run (never reused as the new one)."""
     default = RunSpec(task="breastmnist", method="dynamer")
     before = default.run_id()
-    assert RunSpec(task="breastmnist", method="dynamer", options={"gate_dim": "1"}).run_id() == before
-    assert RunSpec(task="breastmnist", method="dynamer", options={"gate_dim": "width"}).run_id() != before
-    real = store.make_config  # a release whose default gate is one value per channel
-    monkeypatch.setattr(store, "make_config", lambda name, options: real(name, {"gate_dim": "width", **options}))
+    assert RunSpec(task="breastmnist", method="dynamer", options={"gate_dim": "width"}).run_id() == before
+    assert RunSpec(task="breastmnist", method="dynamer", options={"gate_dim": "1"}).run_id() != before
+    real = store.make_config  # a release whose default gate is one value per token
+    monkeypatch.setattr(store, "make_config", lambda name, options: real(name, {"gate_dim": "1", **options}))
     assert default.run_id() != before
 
 
@@ -202,10 +203,11 @@ def test_bad_bench_options_stop_with_one_line(tmp_path, capsys, monkeypatch, arg
 def test_dry_run_prints_groups_and_writes_nothing(tmp_path, capsys):
     code, out, err = cli(capsys, "bench", "--suite", "mini-ablations", "--out", tmp_path / "out", "--dry-run")
     assert code == 0, err
-    assert "21 runs, 24 specs" in out
-    for group in ("ablation-gates", "ablation-gate-dim", "ablation-layers", "ablation-keep-ratio"):
+    assert "24 runs, 28 specs" in out
+    for group in ("ablation-gates", "ablation-gate-dim", "ablation-gated-layers", "ablation-keep-ratio",
+                  "ablation-adapter-layers"):
         assert group in out
-    assert out.count("pending") == 21 + 1  # one line per run, plus the column
+    assert out.count("pending") == 24 + 1  # one line per run, plus the column
     assert "keep_ratio=0.1 skip_mode=block" in out
     assert not (tmp_path / "out").exists()
 
@@ -213,8 +215,9 @@ def test_dry_run_prints_groups_and_writes_nothing(tmp_path, capsys):
 def test_two_suites_into_one_store_share_runs(tmp_path, capsys):
     code, out, err = cli(capsys, "bench", "--suite", "mini,mini-ablations", "--out", tmp_path / "out", "--dry-run")
     assert code == 0, err
-    assert "(89 runs, 93 specs)" in out  # 69 + 24 specs; the ablations share 3 + 1 (the main table's DynaMer run)
-    assert "[main, ablation-gates, ablation-gate-dim, ablation-layers, ablation-keep-ratio]" in out
+    assert "(92 runs, 97 specs)" in out  # 69 + 28 specs; the ablations share 4 + 1 (the main table's DynaMer run)
+    assert ("[main, ablation-gates, ablation-gate-dim, ablation-gated-layers, ablation-keep-ratio, "
+            "ablation-adapter-layers]") in out
 
 
 def test_suite_names():

@@ -53,8 +53,8 @@ from medvtab.engine.loop import TrainConfig
 from medvtab.errors import MedvtabError
 from medvtab.methods import make_config, method_names
 
-GROUP_ORDER = ("main", "patient-ood", "fewshot", "ablation-gates", "ablation-gate-dim", "ablation-layers",
-               "ablation-keep-ratio")
+GROUP_ORDER = ("main", "patient-ood", "fewshot", "ablation-gates", "ablation-gate-dim",
+               "ablation-gated-layers", "ablation-keep-ratio", "ablation-adapter-layers")
 EXECUTION_KEYS = ("seed", "device")  # TrainConfig fields that are not part of a grid's `train`
 
 

@@ -18,7 +18,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 TABLES = ("tasks", "main-colour", "main-other", "main-balanced-auroc", "paired-test", "fewshot", "ood-0",
-          "ablation-gates", "ablation-gate-dim", "ablation-layers", "ablation-keep-ratio", "routing", "missing")
+          "ablation-gates", "ablation-gate-dim", "ablation-gated-layers", "ablation-keep-ratio",
+          "ablation-adapter-layers", "routing", "missing")
 
 
 def _unavailable(reason: str):

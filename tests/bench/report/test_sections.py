@@ -142,7 +142,11 @@ def test_ablation_tables(bench_store, bench_report):
     assert gates.rows[0][3].text.startswith(f"{100 * none['accuracy']:.2f}")
     assert gates.rows[0][2].text == f"{none['params_ratio']:.3f}X"
     assert bench_report.table("ablation-gate-dim").rows[0][0].text == "1"
-    assert bench_report.table("ablation-layers").rows[0][0].text == "1 (last:1)"
+    gated = bench_report.table("ablation-gated-layers")
+    assert gated.columns[:2] == ["General gated layers", "Medical gated layers"]
+    assert [c.text for c in gated.rows[0][:2]] == ["1 (last:1)", "1 (last:1)"]
+    adapters = bench_report.table("ablation-adapter-layers")
+    assert adapters.columns[0] == "DynaMer layers" and adapters.rows[0][0].text == "1 (last:1)"
     keep = bench_report.table("ablation-keep-ratio")
     assert keep.columns[:5] == ["Tokens routed", "Skip mode", "ms per batch", "Speed-up vs 100 %", "Images/s"]
     rows = {(r[0].text, r[1].text): r for r in keep.rows[:-1]}

@@ -1,4 +1,5 @@
-"""DynaMer's ablations (the paper's Tables 4-7), described by data: :data:`ABLATIONS` says, per grid group, which
+"""DynaMer's ablations (the paper's Tables 4-7, and the number of DynaMer layers, which the paper does not ablate),
+described by data: :data:`ABLATIONS` says, per grid group, which
 paper table it mirrors, which options make a variant, how a variant is shown and ordered, and whether the table
 has inference-time columns. One builder turns any of them into a section."""
 from __future__ import annotations
@@ -61,14 +62,17 @@ def _gate_dims(gates: str, dim: str, widths: list[int] | None) -> list[str]:
     return out
 
 
-def _layer_counts(gates: str, layers: str, depth: int | None) -> list[str]:
-    count = layers
+def _layer_count(layers: str, depth: int | None) -> str:
     if depth:
         try:
-            count = f"{len(parse_layers(layers, depth))} ({layers})"
+            return f"{len(parse_layers(layers, depth))} ({layers})"
         except MedvtabError:
             pass
-    return [count if gates in ("both", stream) else "0" for stream in STREAMS]
+    return layers
+
+
+def _gated_layer_counts(gates: str, layers: str, depth: int | None) -> list[str]:
+    return [_layer_count(layers, depth) if gates in ("both", stream) else "0" for stream in STREAMS]
 
 
 def _by_size(variant: tuple, cells: list[str]) -> tuple:
@@ -101,20 +105,30 @@ ABLATIONS = (
              rank=_by_size,
              note=lambda layout, cells: (f"Gate dimension: gate values per token (width {layout.widths[0]} / "
                                          f"{layout.widths[1]}); 0 = no gate." if layout.widths else None)),
-    Ablation("ablation-layers", "gated layers", "Table 6",
-             "Accuracy by number of layers with a DynaMer layer", ("General gated layers", "Medical gated layers"),
-             variant=lambda cfg: (cfg.get("gates"), str(cfg.get("layers"))),
-             cells=lambda v, layout: _layer_counts(v[0], v[1], layout.depth),
+    Ablation("ablation-gated-layers", "gated layers", "Table 6",
+             "Accuracy by number of gated layers", ("General gated layers", "Medical gated layers"),
+             variant=lambda cfg: (cfg.get("gates"), str(cfg.get("gated_layers"))),
+             cells=lambda v, layout: _gated_layer_counts(v[0], v[1], layout.depth),
              rank=_by_size,
-             note=lambda layout, cells: (f"Gated layers: number of the {layout.depth} blocks with a DynaMer layer "
-                                         f"(option 'layers'); 0 = that stream has no gate." if layout.depth
-                                         else None)),
+             note=lambda layout, cells: (f"Gated layers: number of the {layout.depth} DynaMer layers (one after "
+                                         f"every block) with their gates (option 'gated_layers'); the others add "
+                                         f"the experts' output ungated; 0 = that stream has no gate."
+                                         if layout.depth else None)),
     Ablation("ablation-keep-ratio", "skipping router keep ratio, inference time", "Table 7",
              "Inference time and accuracy by share of tokens routed", ("Tokens routed", "Skip mode"),
              variant=lambda cfg: (float(cfg.get("keep_ratio", 1.0)), str(cfg.get("skip_mode", "adapter"))),
              cells=lambda v, layout: [f"{100 * v[0]:g} %", v[1]],
              rank=lambda v, cells: (-v[0], MODE_RANK.get(v[1], 9)),
              note=_timing_note, timed=True),
+    Ablation("ablation-adapter-layers", "DynaMer layers", "not in the paper",
+             "Accuracy by number of blocks followed by a DynaMer layer", ("DynaMer layers",),
+             variant=lambda cfg: (str(cfg.get("layers")),),
+             cells=lambda v, layout: [_layer_count(v[0], layout.depth)],
+             rank=_by_size,
+             note=lambda layout, cells: (f"DynaMer layers: number of the {layout.depth} blocks followed by a DynaMer "
+                                         f"layer (option 'layers'); the other blocks have no adapter. The paper's "
+                                         f"Table 6 varies the gated layers instead (above)." if layout.depth
+                                         else None)),
 )
 
 
