@@ -52,8 +52,8 @@ every layer has the same structure as in the papers.
 Default widths reproduce the papers' "Total Params" on the ViT-B pair (DINOv2 ViT-B/14 at 196 px + LVM-Med,
 2-class head; ratio = (one backbone + everything added) / one backbone, as ``parameter_counts``):
 MoF ``bottleneck=480`` -> 1.238X (paper 1.24X), MoE ``bottleneck=528`` -> 1.341X (1.34X), GMoE
-``bottleneck=816`` -> 1.352X (1.35X). DynaMer's defaults give 1.097X (its gate_dim=width, bottleneck=32,
-router_hidden=32 give the paper's 1.214X), below GMoE either way.
+``bottleneck=816`` -> 1.352X (1.35X). DynaMer's defaults give the paper's 1.211X (its lite preset 1.097X), below
+GMoE either way.
 """
 from __future__ import annotations
 
