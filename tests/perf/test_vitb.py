@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from medvtab.backbones import load_backbone
-from medvtab.perf.context import Compiler, Context, PerfConfig
 from medvtab.methods.dynamer.config import SKIP_MODES
+from medvtab.perf.context import Compiler, Context, PerfConfig
 from medvtab.perf.run import check_targets, headline_ratios
 from medvtab.perf.skipping import KEEP_RATIOS
 from medvtab.perf.vitb import measure_vitb, vitb_flops
@@ -36,7 +36,7 @@ def test_the_random_vitb_pair_is_timed_on_this_device():
 
 def test_the_vitb_ratio_and_its_flop_ratio_stand_side_by_side_with_a_cpu_target():
     """``ratios.dynamer_over_both_vitb`` (timed) beside ``flops_dynamer_over_both_vitb``, and its CPU target."""
-    median = lambda v: {"median": v}  # noqa: E731
+    median = lambda v: {"median": v}
     flops = {"one_backbone": 1.0, "both_backbones": 2.0,
              **{f"dynamer_{mode}_{r}": 2.2 * r for mode in SKIP_MODES for r in KEEP_RATIOS}}
     rows = [{"skip_mode": mode, "keep_ratio": r, "over_both_backbones": median(1.1), "speedup_vs_keep_1": median(1.5),
