@@ -50,3 +50,6 @@ def test_the_vitb_ratio_and_its_flop_ratio_stand_side_by_side_with_a_cpu_target(
     targets = {t["name"]: t for t in check_targets(ratios, backbones, skip, {"rows": [], "batch": 4}, False)}
     assert targets["dynamer_over_both_vitb (CPU, eager)"]["holds"] is True
     assert targets["dynamer_over_both_vitb (CPU, eager)"]["limit"] == 1.15
+    # where the ViT-B layouts are timed, the tiny pair's ratio is reported, not held to the target
+    tiny = targets["dynamer_over_both (CPU, eager)"]
+    assert tiny["holds"] is None and "ViT-B" in tiny["note"]
