@@ -28,6 +28,7 @@ from medvtab.engine.evaluate import evaluate as evaluate_probs
 from medvtab.engine.loop import FitResult, TrainConfig, as_tensor, seed_everything
 from medvtab.engine.loop import fit as fit_loop
 from medvtab.engine.metrics import classification_metrics
+from medvtab.engine.run import read_run_config
 from medvtab.errors import MedvtabError
 from medvtab.methods import AdaptedModel, build_model, make_config, resolve_backbone_specs
 
@@ -139,14 +140,9 @@ def load(run_dir: str | Path, *, general=None, medical=None) -> AdaptedModel:
     """The model :func:`save` (or `medvtab train`) wrote to ``run_dir``, in eval mode. Its backbones are rebuilt
     from their specs; one that was a Python object must be passed again (``general=``, ``medical=``)."""
     run_dir = Path(run_dir)
-    config = rundir.read_json(run_dir / rundir.CONFIG)
-    try:
-        method, options, seed, num_classes = (config["method"], config["method_config"], config["train"]["seed"],
-                                              config["num_classes"])
-        general = config["general"] if general is None else general
-        medical = config["medical"] if medical is None else medical
-    except (KeyError, TypeError) as err:
-        raise MedvtabError(f"{run_dir / rundir.CONFIG}: missing field {err}") from None
+    config, (method, options, general_spec, medical_spec, num_classes, seed) = read_run_config(run_dir)
+    general = general_spec if general is None else general
+    medical = medical_spec if medical is None else medical
     model = create_model(method, general, medical, num_classes=num_classes, seed=seed, **options)
     model.load_trainable_state_dict(rundir.read_tensors(run_dir / rundir.ADAPTER), str(run_dir / rundir.ADAPTER))
     model.recipe.task_type = config.get("task_type", "multi-class")

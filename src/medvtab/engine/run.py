@@ -206,19 +206,26 @@ def run_fingerprint(run_config: dict, train_images: int) -> dict:
     return {**{k: run_config[k] for k in keys}, "train": train, "train_images": train_images}
 
 
+def read_run_config(run: Path) -> tuple[dict, tuple]:
+    """A run directory's config.json and what rebuilds its model: (method, method options, general spec, medical
+    spec, number of classes, seed)."""
+    config = rundir.read_json(Path(run) / rundir.CONFIG)
+    try:
+        return config, (config["method"], config["method_config"], config["general"], config["medical"],
+                        config["num_classes"], config["train"]["seed"])
+    except (KeyError, TypeError) as err:
+        raise MedvtabError(f"{Path(run) / rundir.CONFIG}: missing field {err}") from None
+
+
 def load_run(run: Path):
     """Rebuild a trained model from its run directory: same backbones, trained weights loaded."""
-    config = rundir.read_json(run / rundir.CONFIG)
-    try:
-        method, options, seed = config["method"], config["method_config"], config["train"]["seed"]
-        general_spec, medical_spec = config["general"], config["medical"]
-        num_classes, class_names = config["num_classes"], config["class_names"]
-    except (KeyError, TypeError) as err:
-        raise MedvtabError(f"{run / rundir.CONFIG}: missing field {err}") from None
+    config, (method, options, general_spec, medical_spec, num_classes, seed) = read_run_config(run)
+    if "class_names" not in config:
+        raise MedvtabError(f"{run / rundir.CONFIG}: missing field 'class_names'")
     method_config, backbones = prepare(method, options, general_spec, medical_spec)
     seed_everything(seed)
     model = build_model(method, method_config, backbones[0], backbones[1] if len(backbones) > 1 else None,
                         num_classes)
     model.load_trainable_state_dict(rundir.read_tensors(run / rundir.ADAPTER), str(run / rundir.ADAPTER))
     model.eval()
-    return model, config, class_names
+    return model, config, config["class_names"]

@@ -13,7 +13,6 @@ from pathlib import Path
 from medvtab.errors import MedvtabError
 from medvtab.extras import require
 
-TENSORBOARD_DIR = "tensorboard"
 FINAL_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "mean_ap", "exact_match", "majority_rate",
               "trainable_params", "params_ratio", "eval_images_per_second", "train_seconds")
 
