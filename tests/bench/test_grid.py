@@ -187,7 +187,9 @@ def test_bad_grid_files_stop_with_one_line(tmp_path, capsys, text, message):
     (["--config", "missing.yaml"], "option '--config': missing.yaml: no such file"),
     (["--suite", "mini", "--methods", "linear,nope"], "option '--methods': unknown method 'nope'"),
     (["--suite", "mini", "--executor", "dask"], "option '--executor': unknown executor 'dask'"),
-    (["--suite", "mini", "--workers", "2"], "option '--workers': only with --executor ray"),
+    (["--suite", "mini", "--executor", "serial", "--workers", "2"],
+     "option '--workers': only with --executor local or ray"),
+    (["--suite", "mini", "--address", "ray://head:10001"], "option '--address': only with --executor ray"),
     (["--config", "grid.yaml", "--device", "gpu"], "option '--device': unknown device 'gpu'; expected cpu, cuda"),
     (["--suite", "mini-ablations", "--methods", "linear"], "no run of suite 'mini-ablations' uses any of linear"),
 ])

@@ -1,4 +1,5 @@
-"""Running a grid into a results store: one run at a time (``serial``) or as Ray tasks (``ray``).
+"""Running a grid into a results store, through an executor (:mod:`medvtab.bench.executors`: ``serial`` in this
+process, ``local`` worker processes, ``ray`` tasks).
 
 Every executor calls :func:`run_one` per run, which makes a run safe to interrupt, resume and race:
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import glob
 import json
-import logging
 import os
 import shutil
 import socket
@@ -39,6 +39,7 @@ from rich.table import Table
 
 from medvtab.atomic import write_json
 from medvtab.backbones import load_backbone
+from medvtab.bench.executors import check_executor, map_jobs
 from medvtab.bench.grid import describe, execution_order, unique_runs
 from medvtab.bench.store import RUNS, RunSpec, is_finished, run_dir, write_grid
 from medvtab.data.loading import resolve_task
@@ -46,7 +47,6 @@ from medvtab.engine import rundir
 from medvtab.engine import run as engine_run  # called as engine_run.train_run: tests replace it there
 from medvtab.engine.loop import TrainConfig
 from medvtab.errors import MedvtabError
-from medvtab.extras import require
 
 try:
     import fcntl
@@ -54,7 +54,6 @@ except ImportError:  # no flock (Windows): claims fall back on the rename race, 
     fcntl = None
 
 LOCKS, FAILURES = "locks", "failures"
-EXECUTORS = ("serial", "ray")
 TIMING_KEYS = ("train_seconds", "eval_images_per_second", "ms_per_batch")  # differ between identical runs
 # torch CPU threads per run. A grid is many small runs: they scale across processes (--executor ray --workers N)
 # far better than across threads, and on a shared machine two OpenMP threads stall whenever another job holds
@@ -187,9 +186,9 @@ def record_failure(root: Path, spec: RunSpec, err: BaseException, device: str, s
 
 
 def run_one(root: str | Path, spec: RunSpec, device: str = "cpu", data_root: str | Path | None = None, *,
-            threads: int | None = None, on_step: Callable[[int, int, float], None] | None = None) -> Outcome:
+            on_step: Callable[[int, int, float], None] | None = None) -> Outcome:
     """Train one cell of a grid into ``DIR/runs/<run_id>/`` unless it is finished or claimed; never raises
-    for a failed run (it is recorded), only for an interrupt. ``threads``: torch CPU threads for this run."""
+    for a failed run (it is recorded), only for an interrupt. Torch's CPU threads are the executor's to set."""
     root = Path(root)
     start = time.perf_counter()
     if is_finished(root, spec):
@@ -200,10 +199,7 @@ def run_one(root: str | Path, spec: RunSpec, device: str = "cpu", data_root: str
         if is_finished(root, spec):  # finished while we were looking
             return Outcome(spec.run_id(), "skipped")
         remove_staged(root, spec.run_id())
-        before = torch.get_num_threads()
         try:
-            if threads:
-                torch.set_num_threads(threads)
             cfg = TrainConfig(**spec.train, seed=spec.seed, device=device)
             metrics = engine_run.train_run(
                 spec.task, spec.method, spec.general, spec.medical, run_dir(root, spec), cfg, spec.options,
@@ -214,8 +210,6 @@ def run_one(root: str | Path, spec: RunSpec, device: str = "cpu", data_root: str
             if is_finished(root, spec):  # another worker (without a claim) landed it first: ours is dropped
                 return Outcome(spec.run_id(), "skipped", time.perf_counter() - start)
             return record_failure(root, spec, err, device, time.perf_counter() - start)
-        finally:
-            torch.set_num_threads(before)
         failure_path(root, spec).unlink(missing_ok=True)
         return Outcome(spec.run_id(), "finished", time.perf_counter() - start, metrics=metrics)
 
@@ -291,17 +285,14 @@ def run_grid(root: Path, specs: list[RunSpec], *, suite: str, device: str = "cpu
              workers: int | None = None, threads: int | None = None, info: dict | None = None,
              console=None) -> Summary:
     """Record the grid in ``DIR/bench.json`` and run every unfinished run of it (each shared run once)."""
-    if executor not in EXECUTORS:
-        raise MedvtabError(f"option '--executor': unknown executor '{executor}'; choose from {', '.join(EXECUTORS)}")
-    if executor == "ray":
-        import_ray()  # a missing Ray stops here, before anything is written
-    check_device(device, local=executor == "serial" or address is None)
+    check_executor(executor)
+    check_device(device, local=executor != "ray" or address is None)
     console = console or Console(highlight=False, soft_wrap=True)
     threads = threads or DEFAULT_THREADS
     root = Path(root).resolve()
     start = time.perf_counter()
     runs = execution_order(unique_runs(specs))
-    preflight(runs, data_root, backbones=executor == "serial" or address is None)
+    preflight(runs, data_root, backbones=executor != "ray" or address is None)
     root.mkdir(parents=True, exist_ok=True)
     (root / RUNS).mkdir(exist_ok=True)
     write_grid(root, suite, specs, device=device, executor=executor, **(info or {}))
@@ -314,10 +305,8 @@ def run_grid(root: Path, specs: list[RunSpec], *, suite: str, device: str = "cpu
             todo.append(spec)
     console.print(f"bench: {len(runs)} runs, {len(summary.skipped)} already finished, {len(todo)} to run "
                   f"({executor} executor, device {device}) -> {root}", markup=False)
-    if todo and executor == "serial":
-        _run_serial(root, todo, device, data_root, threads, summary, console)
-    elif todo:
-        _run_ray(root, todo, device, data_root, address, workers, threads, summary, console)
+    if todo:
+        _run(root, todo, device, data_root, executor, address, workers, threads, summary, console)
     remove_staged(root)
     remove_finished_checkpoints(root)
     remove_stale_locks(root)
@@ -326,66 +315,22 @@ def run_grid(root: Path, specs: list[RunSpec], *, suite: str, device: str = "cpu
     return summary
 
 
-def _run_serial(root, todo, device, data_root, threads, summary, console) -> None:
-
-    with Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[now]}"),
-                  TimeElapsedColumn(), console=console, disable=not console.is_terminal) as progress:
-        bar = progress.add_task("bench", total=len(todo), now="")
-        for i, spec in enumerate(todo, 1):
-            label = describe(spec)
-            progress.update(bar, now=label)
-
-            def on_step(step, total, loss, label=label):
-                progress.update(bar, now=f"{label} {step}/{total} loss {loss:.3f}")
-
-            outcome = run_one(root, spec, device, data_root, threads=threads, on_step=on_step)
+def _run(root, todo, device, data_root, executor, address, workers, threads, summary, console) -> None:
+    """Every unfinished run through the executor; a line per run as it ends."""
+    with Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, disable=not console.is_terminal) as progress:
+        bar = progress.add_task("bench", total=len(todo))
+        jobs = [(str(root), spec, device, None if data_root is None else str(data_root)) for spec in todo]
+        for done, (args, outcome) in enumerate(map_jobs(run_one, jobs, executor=executor, workers=workers,
+                                                        threads=threads, address=address,
+                                                        gpu=device.startswith("cuda")), 1):
+            spec = args[1]
+            if isinstance(outcome, BaseException):  # the worker died (killed, out of memory)
+                outcome = (Outcome(spec.run_id(), "skipped") if is_finished(root, spec)
+                           else record_failure(root, spec, outcome, device))
             summary.add(outcome)
             progress.update(bar, advance=1)
-            progress.console.print(f"[{i}/{len(todo)}] {run_label(spec, outcome)}", markup=False)
-
-
-def import_ray():
-    return require("ray", extra="ray", feature="option '--executor ray'")
-
-
-def _run_ray(root, todo, device, data_root, address, workers, threads, summary, console) -> None:
-    """One Ray task per run (``threads`` CPUs, or one GPU for a cuda device), at most ``workers`` in flight."""
-    ray = import_ray()
-    gpu = device.startswith("cuda")
-    cpus = 1 if gpu else threads
-    started = False
-    if not ray.is_initialized():
-        common = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
-        if address:
-            ray.init(address=address, **common)
-        else:  # a private local instance, never someone else's cluster
-            ray.init(address="local", num_cpus=(workers * cpus) if workers else (os.cpu_count() or 1),
-                     object_store_memory=100 * 2**20, **common)
-        started = True
-    try:
-        remote = ray.remote(num_cpus=cpus, num_gpus=1 if gpu else 0, max_retries=0)(run_one)
-        slots = ray.cluster_resources().get("GPU", 0) if gpu else ray.cluster_resources().get("CPU", 1) // cpus
-        limit = workers or max(1, int(slots))
-        queue, pending, done_count = list(todo), {}, 0
-        data_root = None if data_root is None else str(data_root)
-        while queue or pending:
-            while queue and len(pending) < limit:
-                spec = queue.pop(0)
-                pending[remote.remote(str(root), spec, device, data_root, threads=threads)] = spec
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                spec = pending.pop(ref)
-                try:
-                    outcome = ray.get(ref)
-                except Exception as err:  # noqa: BLE001 - the worker died (killed, out of memory)
-                    outcome = (Outcome(spec.run_id(), "skipped") if is_finished(root, spec)
-                               else record_failure(root, spec, err, device))
-                summary.add(outcome)
-                done_count += 1
-                console.print(f"[{done_count}/{len(todo)}] {run_label(spec, outcome)}", markup=False)
-    finally:
-        if started:
-            ray.shutdown()
+            progress.console.print(f"[{done}/{len(todo)}] {run_label(spec, outcome)}", markup=False)
 
 
 def print_dry_run(root: Path, specs: list[RunSpec], *, data_root: str | Path | None = None, console=None) -> dict:

@@ -24,14 +24,15 @@ def bench(
                                                           "the mini suites use 1)."),
     quick: bool = typer.Option(False, "--quick", help="The built-in suite's quick profile (a few minutes on a "
                                                       "2-core CPU)."),
-    executor: str = typer.Option("serial", help="serial (in this process) or ray (one Ray task per run)."),
+    executor: str = typer.Option("local", help="local (a pool of worker processes on this machine), serial (in this "
+                                               "process) or ray (one Ray task per run, locally or on a cluster)."),
     address: Optional[str] = typer.Option(None, help="ray: the cluster to connect to (default: a private local "
                                                      "Ray instance)."),
-    workers: Optional[int] = typer.Option(None, min=1, help="ray: runs in flight at once (default: the local CPU "
-                                                            "count, or the cluster's CPUs/GPUs)."),
+    workers: Optional[int] = typer.Option(None, min=1, help="local, ray: runs in flight at once (default: the CPUs "
+                                                            "this process may use, or the cluster's CPUs/GPUs)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: the grid's device, else cpu)."),
     threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads per run (default 1: many small runs "
-                                                            "scale across Ray workers, not threads)."),
+                                                            "scale across worker processes, not threads)."),
     data_root: Optional[Path] = typer.Option(None, help="Folder of the real sets for registered task names "
                                                         "(default: $MEDVTAB_DATA, else shared/data beside the "
                                                         "project)."),
@@ -48,9 +49,10 @@ def bench(
         raise MedvtabError("give exactly one of --suite (" + ", ".join(SUITES) + ") and --config FILE")
     if quick and suite is None:
         raise MedvtabError("option '--quick': only with --suite (a --config grid sets its own budget)")
-    if executor == "serial" and (address is not None or workers is not None):
-        raise MedvtabError(f"option '{'--address' if address is not None else '--workers'}': only with "
-                           f"--executor ray")
+    if address is not None and executor != "ray":
+        raise MedvtabError("option '--address': only with --executor ray")
+    if workers is not None and executor == "serial":
+        raise MedvtabError("option '--workers': only with --executor local or ray")
     method_list = [m.strip() for m in methods.split(",") if m.strip()] if methods is not None else None
     if method_list is not None and not method_list:
         raise MedvtabError("option '--methods': no method names given")
