@@ -20,9 +20,9 @@ from safetensors.torch import load_file, save_file
 from medvtab.atomic import atomic_write, check_new_dir, staged_dir, write_csv, write_json
 from medvtab.errors import MedvtabError
 
-__all__ = ["CONFIG", "METRICS", "ADAPTER", "LOG", "PREDICTIONS", "CHECKPOINT", "is_finished", "check_new_run_dir", "staged_run_dir",
-           "resume_or_clear", "check_resumable", "atomic_write", "write_csv", "write_json", "write_tensors",
-           "read_json", "read_tensors", "write_predictions", "read_predictions"]
+__all__ = ["CONFIG", "METRICS", "ADAPTER", "LOG", "PREDICTIONS", "CHECKPOINT", "is_finished", "check_new_run_dir",
+           "staged_run_dir", "resume_or_clear", "check_resumable", "atomic_write", "write_csv", "write_json",
+           "write_tensors", "read_json", "read_tensors", "write_predictions", "read_predictions"]
 
 CONFIG, METRICS, ADAPTER, LOG = "config.json", "metrics.json", "adapter.safetensors", "log.csv"
 PREDICTIONS = "predictions.npz"

@@ -58,7 +58,8 @@ def seed_explanation(run: Run) -> str:
         floor, name = validation_floor(p["val_labels"])
         best = max(scores)
         what = "mean AUROC" if p["val_labels"].ndim == 2 else "accuracy"
-        where = (f"never exceeded the {name} ({100 * floor:.2f} %) in any of {len(scores)} epochs"
+        epochs = "its only epoch" if len(scores) == 1 else f"any of its {len(scores)} epochs"
+        where = (f"never exceeded the {name} ({100 * floor:.2f} %) in {epochs}"
                  if best <= floor + TOLERANCE else
                  f"exceeded the {name} ({100 * floor:.2f} %) at epoch {scores.index(best) + 1} of {len(scores)}")
         parts.append(f"its best validation {what} ({100 * best:.2f} %) {where}")
@@ -78,7 +79,7 @@ def floor_notes(runs: list[Run], tasks: list[str], keys: list[tuple], labels: di
             f = floor.get(task, math.nan)
             if not rs or not math.isfinite(acc) or not math.isfinite(f) or acc > f + TOLERANCE:
                 continue
-            relation = "=" if abs(acc - f) <= 5e-5 else "<"
+            relation = "=" if abs(acc - f) <= 5e-5 else "below"
             notes.append(f"{task} / {labels[k]}: {100 * acc:.2f} % {relation} the floor {100 * f:.2f} %: "
                          + "; ".join(seed_explanation(r) for r in sorted(rs, key=lambda r: r.spec.seed)) + ".")
     return notes

@@ -68,9 +68,10 @@ def disagreement_table(predictions: dict, keys: list[tuple], labels: dict, secti
                  f"points apart), disagree on {100 * matrix[(a, b)][0]:.1f} % of test images; over all pairs "
                  f"disagreement ranges from {100 * min(off):.1f} to {100 * max(off):.1f} %. {MAI_2024}.")
     section.paragraphs.append(text)
+    note = ("Each cell: the mean over (task, seed) pairs both methods have of the fraction of test images where "
+            "their predicted classes differ; the diagonal (a method against itself) is 0.")
     return Table("disagreement", "Pairwise disagreement on test images (%)", ["Method"] + [labels[k] for k in shown],
-                 rows, ["Each cell: the mean over (task, seed) pairs both methods have of the fraction of test "
-                        "images where their predicted classes differ; the diagonal is 0 by construction."])
+                 rows, [note])
 
 
 def ensemble_table(ensembles: list[Ensemble], labels: dict) -> Table:
@@ -78,10 +79,10 @@ def ensemble_table(ensembles: list[Ensemble], labels: dict) -> Table:
              C(f"{100 * e.val_score:.2f}", e.val_score), C(f"{100 * e.test['accuracy']:.2f}", e.test["accuracy"])]
             for e in ensembles]
     sizes = ", ".join(map(str, ENSEMBLE_SIZES))
-    notes = [f"Per task and seed, the methods are ranked by their best validation score (accuracy; mean AUROC for "
-             f"multi-label tasks) and k is chosen from {{{sizes}, all}} by the validation score of the mean "
-             f"probabilities of the top k; only then is that one ensemble scored on test (the '{ENSEMBLE_LABEL}' "
-             f"rows of the main tables). Nothing about the test split enters the choice."]
+    notes = [(f"Per task and seed, the methods are ranked by their best validation score (accuracy; mean AUROC for "
+              f"multi-label tasks) and k is chosen from {{{sizes}, all}} by the validation score of the mean "
+              f"probabilities of the top k (ties: the smaller k); only then is that one ensemble scored on test (the "
+              f"'{ENSEMBLE_LABEL}' rows of the main tables). Nothing about the test split enters the choice.")]
     if ensembles:
         ks = [e.k for e in ensembles]
         notes.append(f"Chosen k: {', '.join(f'{k} ({ks.count(k)}×)' for k in sorted(set(ks)))}; mean validation "
