@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medvtab.bench.report.floor import majority_share
 from medvtab.bench.report.load import load_bench
 from medvtab.bench.report.predictions import (choose_members, disagreement, main_predictions, run_predictions,
                                               validation_ensembles)
@@ -103,6 +104,16 @@ def test_choose_members_by_validation_only():
     members, score = choose_members({"b": (b, labels), "g": (g, labels), "h": (h, labels)}, ["b", "g", "h"])
     assert members == ["g", "h"] and score == 1.0  # g + h: 4 / 4; all three: 3 / 4
     assert disagreement(g, g, False) == 0.0 and disagreement(g, h, False) == disagreement(h, g, False) == 0.5
+
+
+def test_multi_label_decisions_at_the_threshold():
+    a = np.array([[0.9, 0.2], [0.4, 0.6]])
+    b = np.array([[0.8, 0.7], [0.1, 0.3]])
+    assert disagreement(a, b, True) == 0.5 == disagreement(b, a, True)  # 2 of 4 image-label decisions differ
+    targets = np.array([[1, 0], [1, -1], [0, 0]])  # majority: label 0 -> 1, label 1 -> 0 (unknown left out)
+    always = np.array([[0.9, 0.1]] * 3)
+    assert majority_share(always, targets) == 1.0
+    assert majority_share(1 - always, targets) == 0.0
 
 
 def make_majority_run(run_dir: Path) -> None:
