@@ -6,8 +6,8 @@ import torch
 
 from medvtab.data import load_task
 from medvtab.engine import rundir
-from medvtab.engine.metrics import classification_metrics, selection_score
 from medvtab.engine.loop import TrainConfig
+from medvtab.engine.metrics import classification_metrics, selection_score
 from medvtab.engine.run import train_run
 
 

@@ -9,17 +9,19 @@ one ensemble is then scored once on test."""
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from medvtab.bench.report.load import Run
-from medvtab.bench.report.tables import row_key
+from medvtab.bench.report.tables import Cell, pct_cell, row_key
 from medvtab.engine import rundir
 from medvtab.engine.metrics import THRESHOLD, classification_metrics, selection_score
 
 ENSEMBLE_SIZES = (2, 3, 5)
+ENSEMBLE_LABEL = "ensemble (top-k by validation)"  # its row in the main tables
 
 
 def run_predictions(run: Run) -> dict[str, np.ndarray] | None:
@@ -114,3 +116,8 @@ def validation_ensembles(predictions: dict[tuple, dict], keys: list[tuple]) -> l
         out.append(Ensemble(task, seed, len(these), members, val_score,
                             classification_metrics(first["test_labels"], test_probs)))
     return out
+
+
+def ensemble_cell(ensembles: list[Ensemble], task: str, metric: str, n_expected: int, floor: float = math.nan) -> Cell:
+    """The ensembles' test ``metric`` on ``task``: mean ± std over their seeds."""
+    return pct_cell([e.test[metric] for e in ensembles if e.task == task], n_expected, floor)

@@ -1,5 +1,5 @@
 """Beyond the accuracy tables (from the main group's stored predictions): how often methods disagree on test
-images, and the validation-chosen ensemble (its rows in the main tables, its choices per task and seed here)."""
+images, and the validation-chosen ensemble (its choices per task and seed; its rows are in the main tables)."""
 from __future__ import annotations
 
 import math
@@ -7,22 +7,14 @@ import math
 import numpy as np
 
 from medvtab.bench.report.load import Bench
-from medvtab.bench.report.predictions import (ENSEMBLE_SIZES, Ensemble, disagreement_matrix, main_predictions,
-                                              validation_ensembles)
+from medvtab.bench.report.predictions import (ENSEMBLE_LABEL, ENSEMBLE_SIZES, Ensemble, disagreement_matrix,
+                                              main_predictions, validation_ensembles)
+from medvtab.bench.report.sections.main import MAIN
 from medvtab.bench.report.stats import mean_std
-from medvtab.bench.report.tables import (MISSING, C, Cell, Section, Table, group_section, pct_cell, row_labels,
-                                         sorted_keys)
+from medvtab.bench.report.tables import MISSING, C, Section, Table, group_section, row_labels, sorted_keys
 
-MAIN = "main"
-ENSEMBLE_LABEL = "ensemble (top-k by validation)"
 MAI_2024 = ("Mai et al. (2024, arXiv 2409.16434) found that well-tuned PEFT methods reach similar accuracy with "
             "different predictions, which is what makes ensembling them pay")
-
-
-def ensemble_cells(ensembles: list[Ensemble], task: str, metric: str, n_expected: int,
-                   floor: float = math.nan) -> Cell:
-    """The ensemble's test ``metric`` of ``task``: mean ± std over its seeds."""
-    return pct_cell([e.test[metric] for e in ensembles if e.task == task], n_expected, floor)
 
 
 def agreement_section(bench: Bench) -> Section:

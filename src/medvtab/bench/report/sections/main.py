@@ -8,9 +8,9 @@ from pathlib import Path
 from medvtab.bench.report import figures
 from medvtab.bench.report.floor import floor_notes
 from medvtab.bench.report.load import Bench, Run
-from medvtab.bench.report.predictions import Ensemble, main_predictions, validation_ensembles
+from medvtab.bench.report.predictions import (ENSEMBLE_LABEL, Ensemble, ensemble_cell, main_predictions,
+                                              validation_ensembles)
 from medvtab.bench.report.stats import ALPHA, MIN_TTEST, MIN_WILCOXON, holm, mean_std, paired_test, verdict
-from medvtab.bench.report.sections.agreement import ENSEMBLE_LABEL, ensemble_cells
 from medvtab.bench.report.tables import (MISSING, C, FigureRef, Section, Table, accuracy_table, by_row_task,
                                          expected_seeds, floors, fmt_pct, group_section, mark_best, modality, ordered,
                                          pct_cell, row_key, row_labels, seed_note, sorted_keys)
@@ -42,7 +42,7 @@ def main_section(bench: Bench, figures_dir: Path) -> Section:
             table = accuracy_table(f"main-{mod}", title, runs, these, keys, labels)
             if ensembles:  # before the floor row
                 table.rows.insert(-1, [C(ENSEMBLE_LABEL), C("")] + [
-                    ensemble_cells(ensembles, t, "accuracy", n_expected, floor.get(t, math.nan)) for t in these])
+                    ensemble_cell(ensembles, t, "accuracy", n_expected, floor.get(t, math.nan)) for t in these])
             table.notes += floor_notes(runs, these, keys, labels)
             section.tables.append(table)
     section.tables.append(balanced_auroc_table(runs, tasks, keys, labels, ensembles))
@@ -68,7 +68,7 @@ def balanced_auroc_table(runs: list[Run], tasks: list[str], keys: list[tuple], l
         rows.append(row)
     mark_best(rows, list(range(1, 1 + 2 * len(tasks))))
     if ensembles:
-        rows.append([C(ENSEMBLE_LABEL)] + [ensemble_cells(ensembles, t, m, n_expected)
+        rows.append([C(ENSEMBLE_LABEL)] + [ensemble_cell(ensembles, t, m, n_expected)
                                            for t in tasks for m in ("balanced_accuracy", "auroc")])
     chance = [C("chance")]
     for t in tasks:
