@@ -25,7 +25,7 @@ from medvtab.bench.runner import FAILURES, LOCKS, claim, run_grid, run_one
 from medvtab.bench.report.load import load_bench
 from medvtab.bench.store import RUNS, RunSpec, is_finished, read_grid, run_dir
 
-RUN_FILES = ["adapter.safetensors", "config.json", "log.csv", "metrics.json", "splits.json"]
+RUN_FILES = ["adapter.safetensors", "config.json", "log.csv", "metrics.json", "predictions.npz", "splits.json"]
 TINY = {"train": {"epochs": 1, "batch_size": 32}, "train_size": 32}
 
 

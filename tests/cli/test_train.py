@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from medvtab.data.loading import bundled_path
 
 TRAIN_ARGS = ["--train-size", "64", "--epochs", "1", "--batch-size", "32"]
-RUN_FILES = ["adapter.safetensors", "config.json", "log.csv", "metrics.json", "splits.json"]
+RUN_FILES = ["adapter.safetensors", "config.json", "log.csv", "metrics.json", "predictions.npz", "splits.json"]
 TIMEOUT = 300
 # Rich wraps long lines at COLUMNS when stderr is not a terminal; fix the width so wrapping shows up.
 ENV = {**os.environ, "COLUMNS": "80", "OMP_NUM_THREADS": "1"}

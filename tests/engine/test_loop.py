@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -99,7 +100,7 @@ def assert_same(a, b):
 def test_state_capture_save_load_restore_round_trip(backbone, tmp_path):
     state = make_state(build("vpt-shallow", backbone))
     train_steps(state, 3)
-    state.end_epoch(1, 0.75, patience=2)
+    state.end_epoch(1, 0.75, patience=2, val_probs=np.full((4, 2), 0.5))
     state.history.append({"epoch": 1, "val_accuracy": 0.75})
     state.batches.train, state.batches.reductions = 8, [{"epoch": 1, "phase": "train", "from": 16, "to": 8}]
     state.reschedule()  # as --auto-batch does: the schedule of the smaller batch size

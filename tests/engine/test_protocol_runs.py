@@ -51,7 +51,7 @@ def test_patient_ood_run_reports_seen_and_unseen(ood_run):
 def test_patient_ood_run_writes_patient_disjoint_splits(ood_run):
     out, metrics = ood_run
     assert sorted(p.name for p in out.iterdir()) == sorted([rundir.ADAPTER, rundir.CONFIG, rundir.LOG,
-                                                            rundir.METRICS, SPLITS_FILE])
+                                                            rundir.METRICS, rundir.PREDICTIONS, SPLITS_FILE])
     record = json.loads((out / SPLITS_FILE).read_text())
     assert record["protocol"] == {"name": "patient-ood", "seen": 40, "unseen": 25}
     with np.load(KERMANY) as npz:
@@ -67,6 +67,10 @@ def test_patient_ood_run_writes_patient_disjoint_splits(ood_run):
     # the record rebuilds the very same unseen test set
     back = resplit(str(KERMANY), record, image_size=28)
     assert sorted(set(back.extra_tests["unseen"].patient_ids)) == sorted(by_split["unseen"])
+    predictions = rundir.read_predictions(out / rundir.PREDICTIONS)
+    for name, split in (("val", back.val), ("test", back.test), ("unseen", back.extra_tests["unseen"])):
+        assert np.array_equal(predictions[f"{name}_labels"], split.y)
+        assert predictions[f"{name}_probs"].shape == (len(split), 2)
 
 
 def test_fewshot_run_sizes_and_splits_file(tmp_path):

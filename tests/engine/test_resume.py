@@ -1,6 +1,6 @@
 """Faults during training: a run killed by SIGKILL right after an epoch checkpoint resumes from it to the
-metrics of an uninterrupted run (exactly, on CPU); a non-finite loss stops the run with the epoch named and
-the checkpoint kept, or is skipped and counted with --skip-nonfinite; checkpoints never unpickle code."""
+metrics and predictions of an uninterrupted run (exactly, on CPU); a non-finite loss stops the run with the epoch
+named and the checkpoint kept, or is skipped and counted with --skip-nonfinite; checkpoints never unpickle code."""
 from __future__ import annotations
 
 import csv
@@ -9,9 +9,11 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
+from medvtab.engine import rundir
 from medvtab.engine.state import load_checkpoint
 from medvtab.errors import MedvtabError
 
@@ -65,6 +67,8 @@ def test_sigkill_after_a_checkpoint_then_resume_gives_identical_metrics(small_ta
     b = json.loads((killed / "metrics.json").read_text())
     assert {k: a[k] for k in RESULT_KEYS} == {k: b[k] for k in RESULT_KEYS}
     assert log_rows(whole) == log_rows(killed)
+    pa, pb = (rundir.read_predictions(run / rundir.PREDICTIONS) for run in (whole, killed))
+    assert pa.keys() == pb.keys() and all(np.array_equal(pa[k], pb[k]) for k in pa)  # val: the best epoch's
     assert not (killed / "checkpoint.pt").exists()  # removed once the run is finished
     # a finished run has nothing to resume
     done = subprocess.run(TRAIN + args + ["--resume", str(killed)], capture_output=True, text=True, env=env)

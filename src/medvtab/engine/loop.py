@@ -180,6 +180,7 @@ class FitResult:
     batches: BatchSizes
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
+    best_val_probs: np.ndarray | None = None  # the validation pass of the best epoch (the weights kept)
     train_seconds: float = 0.0
     skipped_batches: int = 0
     compile: dict = field(default_factory=lambda: {"requested": False, "in_effect": False, "fallback": None})
@@ -271,14 +272,15 @@ def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
                               "seconds": round(time.perf_counter() - start, 3)})
         if on_epoch:
             on_epoch(state.history[-1])
-        state.end_epoch(epoch, score, cfg.patience)
+        state.end_epoch(epoch, score, cfg.patience, scored.probs)
         if checkpoint is not None and (fabric is None or fabric.global_rank == 0):
             state.elapsed = time.perf_counter() - start
             state.save(checkpoint)
     if state.best_state is not None:
         model.load_trainable_state_dict(state.best_state, "best validation epoch")
-    return FitResult(batches, state.history, state.best_epoch, time.perf_counter() - start, state.skipped_batches,
-                     compile_record, compiled)
+    best_val_probs = state.best_val_probs.numpy() if state.best_val_probs is not None else None
+    return FitResult(batches, state.history, state.best_epoch, best_val_probs, time.perf_counter() - start,
+                     state.skipped_batches, compile_record, compiled)
 
 
 def _validation_score(val: Split, scored: EvalResult, epoch: int, checkpoint: Path | None) -> float:

@@ -1,7 +1,7 @@
 """One training run from task to run directory, and loading a run back.
 
 data (+ protocol) -> backbones + method -> loop -> metrics.json, config.json, adapter.safetensors, log.csv,
-splits.json
+predictions.npz, splits.json (the files: :mod:`medvtab.engine.rundir`)
 """
 from __future__ import annotations
 
@@ -173,11 +173,13 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
         "routing": model.routing_stats(),
         "compile": result.compile_record(), "grad_checkpointing": train_cfg.grad_checkpointing,
     }
+    predictions = {"val": (result.best_val_probs, data.val.y), "test": (test.probs, data.test.y)}
     if data.extra_tests:  # patient-ood: the usual keys are the seen test's; each test set in full too
         metrics["seen"] = summarise_test_set(data.test, test_metrics)
         for name, split in data.extra_tests.items():
             extra = test_pass(split)
             metrics[name] = summarise_test_set(split, classification_metrics(split.y, extra.probs))
+            predictions[name] = (extra.probs, split.y)
         metrics["compile"] = result.compile_record()  # as of the last pass
     if not writer:
         return None
@@ -185,6 +187,7 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
         rundir.write_json(out / rundir.CONFIG, {**run_config, "compile": metrics["compile"]})
     rundir.write_tensors(out / rundir.ADAPTER, model.trainable_state_dict())
     rundir.write_csv(out / rundir.LOG, result.history)
+    rundir.write_predictions(out / rundir.PREDICTIONS, predictions)
     rundir.write_json(out / rundir.METRICS, metrics)  # last: the run is finished
     checkpoint.unlink(missing_ok=True)
     if tracker:

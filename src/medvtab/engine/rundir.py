@@ -1,21 +1,31 @@
-"""Run directories: their file names and readers, and atomic writers (JSON, CSV and the tensor file)."""
+"""Run directories: their file names and readers, and atomic writers (JSON, CSV, the tensor file and the
+predictions).
+
+A finished run directory holds config.json, splits.json, adapter.safetensors, log.csv (one row per epoch),
+predictions.npz and metrics.json (last). predictions.npz (:func:`write_predictions`, read back by
+:func:`read_predictions`, no pickles) holds, for each evaluation set the run scored, ``<set>_probs`` (float32:
+class probabilities (N, K), or per-label sigmoids (N, L) for a multi-label task) and ``<set>_labels`` (int64:
+class indices (N,), or (N, L) targets of 1 / 0 / -1 unknown): ``val`` (the validation pass of the best epoch,
+whose weights the run keeps), ``test`` and, for patient-ood, ``unseen``; sets that were not scored are absent."""
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from medvtab.atomic import atomic_write, check_new_dir, staged_dir, write_csv, write_json
 from medvtab.errors import MedvtabError
 
-__all__ = ["CONFIG", "METRICS", "ADAPTER", "LOG", "CHECKPOINT", "is_finished", "check_new_run_dir", "staged_run_dir",
-           "resume_or_clear", "check_resumable", "atomic_write", "write_csv", "write_json", "write_tensors",
-           "read_json", "read_tensors"]
+__all__ = ["CONFIG", "METRICS", "ADAPTER", "LOG", "PREDICTIONS", "CHECKPOINT", "is_finished", "check_new_run_dir",
+           "staged_run_dir", "resume_or_clear", "check_resumable", "atomic_write", "write_csv", "write_json",
+           "write_tensors", "read_json", "read_tensors", "write_predictions", "read_predictions"]
 
 CONFIG, METRICS, ADAPTER, LOG = "config.json", "metrics.json", "adapter.safetensors", "log.csv"
+PREDICTIONS = "predictions.npz"
 CHECKPOINT = "checkpoint.pt"  # the training state after the last finished epoch (removed once the run is done)
 
 
@@ -83,3 +93,28 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise MedvtabError(f"{path}: not a readable safetensors file ({str(err)[:120]})") from None
 
 
+
+
+def write_predictions(path: Path, sets: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """``sets``: evaluation set name (``val``, ``test``, ...) -> (probabilities, labels), only the sets scored;
+    written as ``<name>_probs`` (float32) and ``<name>_labels`` (int64) in one .npz, atomically."""
+    arrays = {}
+    for name, (probs, labels) in sets.items():
+        arrays[f"{name}_probs"] = np.asarray(probs, dtype=np.float32)
+        arrays[f"{name}_labels"] = np.asarray(labels, dtype=np.int64)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.savez would add .npz to a path
+            np.savez(f, **arrays)
+    atomic_write(Path(path), write)
+
+
+def read_predictions(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a :func:`write_predictions` file (no pickles)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except FileNotFoundError:
+        raise MedvtabError(f"{path}: not found (a run finished before predictions were stored?)") from None
+    except (OSError, ValueError) as err:  # not a zip, a torn file, or an object array
+        raise MedvtabError(f"{path}: not a readable predictions file ({str(err)[:120]})") from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from medvtab.atomic import atomic_write
@@ -14,7 +15,7 @@ from medvtab.engine.schedule import warmup_cosine
 from medvtab.errors import MedvtabError
 from medvtab.methods import AdaptedModel
 
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 
 
 def cpu_copy(state):
@@ -49,6 +50,7 @@ class TrainState:
     best_score: float = -1.0
     best_epoch: int = 0
     best_state: dict | None = None  # the trainable weights of the best epoch
+    best_val_probs: torch.Tensor | None = None  # the validation probabilities of the best epoch (the weights kept)
     stale: int = 0  # epochs since the best one
     stopped: bool = False  # early stopping
     history: list[dict] = field(default_factory=list)  # one log row per epoch
@@ -73,12 +75,14 @@ class TrainState:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: warmup_cosine(step, total, warmup), last_epoch=self.step - 1)
 
-    def end_epoch(self, epoch: int, score: float, patience: int) -> None:
-        """Early-stopping bookkeeping after ``epoch`` scored ``score`` on the validation set."""
+    def end_epoch(self, epoch: int, score: float, patience: int, val_probs: np.ndarray) -> None:
+        """Early-stopping bookkeeping after ``epoch`` scored ``score`` on the validation set, whose probabilities
+        were ``val_probs``."""
         self.epoch = epoch
         if score > self.best_score:
             self.best_score, self.best_epoch, self.stale = score, epoch, 0
             self.best_state = {k: v.detach().clone() for k, v in self.model.trainable_state_dict().items()}
+            self.best_val_probs = torch.from_numpy(np.array(val_probs, dtype=np.float32))
         else:
             self.stale += 1
             self.stopped = self.stale >= patience
@@ -90,6 +94,7 @@ class TrainState:
         return cpu_copy({
             "format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint, "epoch": self.epoch, "step": self.step,
             "best_score": self.best_score, "best_epoch": self.best_epoch, "best_state": self.best_state,
+            "best_val_probs": self.best_val_probs,
             "stale": self.stale, "stopped": self.stopped, "history": self.history,
             "skipped_batches": self.skipped_batches, "elapsed": self.elapsed,
             "trainable": self.model.trainable_state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -121,6 +126,7 @@ class TrainState:
             torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
         self.epoch, self.best_score, self.best_epoch = saved["epoch"], saved["best_score"], saved["best_epoch"]
         self.best_state, self.stale, self.stopped = saved["best_state"], saved["stale"], saved["stopped"]
+        self.best_val_probs = saved["best_val_probs"]
         self.history, self.skipped_batches = list(saved["history"]), saved["skipped_batches"]
         self.elapsed = saved["elapsed"]
 

@@ -20,7 +20,7 @@ def test_wilcoxon_on_known_pairs():
     assert res["p"] == pytest.approx(2 / 2 ** 10)  # exact: only the all-positive sign pattern is as extreme
     assert res["mean_diff"] == pytest.approx(0.055)
     assert verdict(res, res["p"]) == "significant: DynaMer better"
-    assert verdict(res, 0.2).startswith("not significant")
+    assert verdict(res, 0.2) == "within noise (not significant after Holm; p=0.2)"
 
 
 def test_wilcoxon_without_power_says_so():
@@ -30,7 +30,7 @@ def test_wilcoxon_without_power_says_so():
     assert res["test"] == "Wilcoxon signed-rank" and res["ties"] == 3
     assert "cannot reach significance" in res["note"] and "0.125" in res["note"]  # 2 / 2**4
     assert not res["p"] < 0.05
-    assert verdict(res, res["p"]).startswith("not significant")
+    assert verdict(res, res["p"]).startswith("within noise (not significant after Holm; p=")
 
 
 def test_paired_t_test_for_few_pairs():

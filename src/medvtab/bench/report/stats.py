@@ -73,8 +73,11 @@ def paired_test(ours, theirs) -> dict:
 
 
 def verdict(result: dict, p_adjusted: float) -> str:
+    """In plain words: significant after Holm (and which way), within noise (not significant after Holm), or why
+    there is no test."""
     if math.isfinite(p_adjusted) and p_adjusted < ALPHA:
         return f"significant: DynaMer {'better' if result['mean_diff'] > 0 else 'worse'}"
     if math.isfinite(p_adjusted):
-        return "not significant" + (f" ({result['note']})" if result["note"] else "")
+        return (f"within noise (not significant after Holm; p={p_adjusted:.3g})"
+                + (f": {result['note']}" if result["note"] else ""))
     return result["note"] or "no test"

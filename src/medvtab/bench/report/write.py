@@ -10,6 +10,7 @@ from medvtab.bench.report.load import Bench, load_bench
 from medvtab.bench.report.render_html import render_html
 from medvtab.bench.report.render_md import render_markdown
 from medvtab.bench.report.sections.ablations import ABLATIONS, ablation_section
+from medvtab.bench.report.sections.agreement import agreement_section
 from medvtab.bench.report.sections.attention import attention_section
 from medvtab.bench.report.sections.fewshot import fewshot_section
 from medvtab.bench.report.sections.main import main_section
@@ -26,8 +27,8 @@ FIGURE_NAMES = ("params_accuracy.png", "data_efficiency.png", "attention.png", "
 
 
 def build_report(bench: Bench, figures_dir: Path, *, out: Path | None = None, attention: bool = True) -> Report:
-    sections = [tasks_section(bench), main_section(bench, figures_dir), fewshot_section(bench, figures_dir),
-                ood_section(bench)]
+    sections = [tasks_section(bench), main_section(bench, figures_dir), agreement_section(bench),
+                fewshot_section(bench, figures_dir), ood_section(bench)]
     sections += [ablation_section(bench, a) for a in ABLATIONS]
     sections += [routing_section(bench, figures_dir), attention_section(bench, figures_dir, attention)]
     sections += [s for s in (other_groups_section(bench), missing_section(bench), warnings_section(bench)) if s]

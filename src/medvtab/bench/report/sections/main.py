@@ -6,11 +6,14 @@ import math
 from pathlib import Path
 
 from medvtab.bench.report import figures
+from medvtab.bench.report.floor import floor_notes
 from medvtab.bench.report.load import Bench, Run
+from medvtab.bench.report.predictions import (ENSEMBLE_LABEL, Ensemble, ensemble_cell, main_predictions,
+                                              validation_ensembles)
 from medvtab.bench.report.stats import ALPHA, MIN_TTEST, MIN_WILCOXON, holm, mean_std, paired_test, verdict
 from medvtab.bench.report.tables import (MISSING, C, FigureRef, Section, Table, accuracy_table, by_row_task,
-                                         expected_seeds, fmt_pct, group_section, mark_best, modality, ordered, pct_cell,
-                                         row_key, row_labels, seed_note, sorted_keys)
+                                         expected_seeds, floors, fmt_pct, group_section, mark_best, modality, ordered,
+                                         pct_cell, row_key, row_labels, seed_note, sorted_keys)
 
 MAIN = "main"
 MODALITY_TABLES = (("colour", "Colour images (the papers' Table 1)"),
@@ -29,12 +32,20 @@ def main_section(bench: Bench, figures_dir: Path) -> Section:
         "Test accuracy per task and method, one table per modality as in the papers (colour; X-ray; OCT, CT, MRI "
         "and the rest; modality from the task registry), with Total Params = (one backbone + everything the method "
         "adds) / one backbone; then balanced accuracy and AUROC, and a paired test of DynaMer against each "
-        "baseline.")
+        "baseline. The ensemble row is the validation-chosen ensemble of the next section; cells at or below the "
+        "majority-class floor are explained under their table.")
+    ensembles = validation_ensembles(main_predictions(runs), keys)
+    n_expected, floor = expected_seeds(runs), floors([r for r in runs if r.finished])
     for mod, title in MODALITY_TABLES:
         these = [t for t in tasks if modality(t) == mod]
         if these:
-            section.tables.append(accuracy_table(f"main-{mod}", title, runs, these, keys, labels))
-    section.tables.append(balanced_auroc_table(runs, tasks, keys, labels))
+            table = accuracy_table(f"main-{mod}", title, runs, these, keys, labels)
+            if ensembles:  # before the floor row
+                table.rows.insert(-1, [C(ENSEMBLE_LABEL), C("")] + [
+                    ensemble_cell(ensembles, t, "accuracy", n_expected, floor.get(t, math.nan)) for t in these])
+            table.notes += floor_notes(runs, these, keys, labels)
+            section.tables.append(table)
+    section.tables.append(balanced_auroc_table(runs, tasks, keys, labels, ensembles))
     section.tables.append(paired_table(runs, keys, labels))
     fig = params_figure(runs, keys, labels, tasks, figures_dir)
     if fig:
@@ -42,8 +53,9 @@ def main_section(bench: Bench, figures_dir: Path) -> Section:
     return section
 
 
-def balanced_auroc_table(runs: list[Run], tasks: list[str], keys: list[tuple], labels: dict) -> Table:
-    """Balanced accuracy and AUROC: one table, two columns per task, chance as the last row."""
+def balanced_auroc_table(runs: list[Run], tasks: list[str], keys: list[tuple], labels: dict,
+                         ensembles: list[Ensemble]) -> Table:
+    """Balanced accuracy and AUROC: one table, two columns per task, the ensemble's row, chance as the last row."""
     cells = by_row_task(runs)
     n_expected = expected_seeds(runs)
     rows = []
@@ -55,6 +67,9 @@ def balanced_auroc_table(runs: list[Run], tasks: list[str], keys: list[tuple], l
                     pct_cell([r.metric("auroc") for r in rs], n_expected)]
         rows.append(row)
     mark_best(rows, list(range(1, 1 + 2 * len(tasks))))
+    if ensembles:
+        rows.append([C(ENSEMBLE_LABEL)] + [ensemble_cell(ensembles, t, m, n_expected)
+                                           for t in tasks for m in ("balanced_accuracy", "auroc")])
     chance = [C("chance")]
     for t in tasks:
         k_classes = next((r.config.get("num_classes") for r in runs if r.finished and r.spec.task == t), None)
@@ -75,7 +90,8 @@ def _dynamer_key(keys: list[tuple]) -> tuple | None:
 
 def paired_table(runs: list[Run], keys: list[tuple], labels: dict) -> Table:
     dyn = _dynamer_key(keys)
-    title = "DynaMer against each baseline (paired over tasks and seeds)"
+    title = ("DynaMer against each baseline (paired over tasks and seeds; Wilcoxon signed-rank or paired t-test, "
+             "Holm-corrected)")
     columns = ["Baseline", "Pairs (task × seed)", "DynaMer wins / ties / losses", "Mean difference (pp)",
                "Test", "Statistic", "p", "Holm p", "Verdict"]
     if dyn is None:
