@@ -54,11 +54,14 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _init_local_worker(threads: int) -> None:
+def _init_local_worker(threads: int, parent: int) -> None:
     """A local worker dies with the process that started it (Linux ``PR_SET_PDEATHSIG``), so a killed ``bench``
-    leaves no orphan holding a run's claim; then its torch threads."""
+    leaves no orphan holding a run's claim; one whose parent died before that was set exits at once (it could
+    still find jobs queued in the pipe). Then its torch threads."""
     if sys.platform == "linux":
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(1)
     _set_threads(threads)
 
 
@@ -102,7 +105,7 @@ def _local(fn, jobs, workers, threads):
         yield from _serial(fn, jobs, threads)
         return
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_local_worker, initargs=(threads,))
+                               initializer=_init_local_worker, initargs=(threads, os.getpid()))
     try:
         pending = {pool.submit(fn, *args): args for args in jobs}
         while pending:
