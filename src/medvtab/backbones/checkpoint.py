@@ -47,7 +47,9 @@ def _preview(keys: list[str], limit: int = 6) -> str:
 
 
 def load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state_dict`` into ``model``; any missing, unexpected or wrongly shaped key is an error."""
+    """Load ``state_dict`` into ``model``; any missing, unexpected or wrongly shaped key is an error, and so is a
+    non-floating tensor where the model has floating weights (load_state_dict would cast it silently) or a
+    NaN / infinite weight (it would surface much later as a "non-finite training loss")."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -65,4 +67,11 @@ def load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: s
         problems.append(f"wrong shapes: {_preview(wrong, 3)}")
     if problems:
         raise MedvtabError(f"{source}: checkpoint does not match the architecture; " + "; ".join(problems))
+    for key, value in expected.items():
+        given = state_dict[key]
+        if value.is_floating_point() and not given.is_floating_point():
+            raise MedvtabError(f"{source}: key '{key}' has dtype {str(given.dtype).removeprefix('torch.')}; expected "
+                               f"floating-point weights (float32, float16 or bfloat16)")
+        if given.is_floating_point() and not torch.isfinite(given).all():
+            raise MedvtabError(f"{source}: key '{key}' holds NaN or infinite values; the checkpoint is corrupt")
     model.load_state_dict(state_dict, strict=True)
