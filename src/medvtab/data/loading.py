@@ -126,9 +126,41 @@ def _check_split(name: str, images, labels, source: str, patient_ids=None) -> Sp
     return Split(np.ascontiguousarray(images), labels.astype(np.int64), patient_ids)
 
 
+def check_npz_sizes(path: Path) -> None:
+    """Refuse, before anything is allocated, an ``.npz`` whose arrays declare more bytes than their members hold
+    (a forged header: numpy would first allocate what it declares) or more than this machine's memory."""
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                if not member.filename.endswith(".npy"):
+                    continue
+                with archive.open(member) as f:
+                    read_header = (np.lib.format.read_array_header_1_0 if np.lib.format.read_magic(f) == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read_header(f)
+                    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                    if declared > member.file_size - f.tell():
+                        raise MedvtabError(f"{path}: array '{member.filename[:-4]}' declares shape {tuple(shape)} "
+                                           f"({_gib(declared)}) but its file holds {member.file_size} bytes; the "
+                                           f"file is corrupt or forged")
+                total += declared
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        return  # not a plain zip of .npy files: np.load below gives the error
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+    if memory and total > memory:
+        raise MedvtabError(f"{path}: its arrays need {_gib(total)}, more than this machine's {_gib(memory)} of "
+                           f"memory")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
 def read_npz(path: Path) -> dict:
     """The ``.npz`` as parts: ``train`` / ``val`` / ``test`` splits or a ``pool``, plus ``class_names`` where
     given (the two layouts of the module docstring). Every ``.npz`` medvtab reads goes through here."""
+    check_npz_sizes(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
