@@ -54,9 +54,10 @@ def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
 
 
 def data_efficiency(curves: dict[str, dict[str, list[tuple[float, float, float]]]], floors: dict[str, float],
-                    xlabel: str, path: Path) -> Path:
+                    xlabel: str, path: Path, ylabel: str = "test accuracy (%)") -> Path:
     """One panel per task: accuracy (mean, std over seeds) against the amount of training data, one line per
-    method. ``curves[task][method] = [(x, mean, std), ...]``; ``floors[task]``: the majority-class rate."""
+    method. ``curves[task][method] = [(x, mean, std), ...]``; ``floors[task]``: the majority-class rate. Also
+    the tuning's sensitivity plot (validation score against a hyper-parameter, ``ylabel``)."""
     with rc_context(_RC):
         rows, cols = _grid(len(curves))
         fig = Figure(figsize=(3.6 * cols, 2.9 * rows))
@@ -80,7 +81,7 @@ def data_efficiency(curves: dict[str, dict[str, list[tuple[float, float, float]]
                 ax.xaxis.set_minor_locator(NullLocator())
             ax.set_title(literal(short(task, 40)))
             ax.set_xlabel(xlabel)
-            ax.set_ylabel("test accuracy (%)")
+            ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
             ax.legend(loc="best")
         fig.tight_layout()
