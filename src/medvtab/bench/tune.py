@@ -270,6 +270,7 @@ def tune_grid(root: Path, specs: list[RunSpec], tuning: Tuning, *, device: str =
               threads: int | None = None, console=None) -> list[RunSpec]:
     """Run every study of the grid, write ``DIR/tuning.json`` and return the specs with the chosen values."""
     root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
     studies = plan_studies(root, specs, tuning)
     say = console.print if console is not None else (lambda *a, **k: None)
     say(f"tune: {len(studies)} studies of {len(next(iter(studies.values())).points()) if studies else 0} trials "
