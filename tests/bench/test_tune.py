@@ -193,3 +193,25 @@ def test_bad_space_is_a_one_line_error(space):
 
     with pytest.raises(MedvtabError, match="tune.space"):
         parse_grid({"tasks": ["breastmnist"], "tune": {"space": space}})
+
+
+def test_cli_dry_run_shows_studies_and_no_tune_skips_them(tmp_path, capsys):
+    from .test_grid import cli
+
+    config = tmp_path / "grid.yaml"
+    config.write_text("name: t\ntasks: [breastmnist]\nmethods: [linear]\ntrain_size: 32\n"
+                      "train: {epochs: 1, batch_size: 32}\ntune: {space: {lr: [1.0e-4, 1.0e-2]}}\n")
+    out_dir = tmp_path / "out"
+    code, out, err = cli(capsys, "bench", "--config", config, "--out", out_dir, "--dry-run")
+    assert code == 0, err
+    assert "tuning: 1 studies" in out and "breastmnist linear: 2 trials, 0 finished; to be chosen" in out
+    assert not out_dir.exists()
+    code, out, err = cli(capsys, "bench", "--config", config, "--out", out_dir)
+    assert code == 0, err
+    chosen = json.loads((out_dir / TUNING_FILE).read_text())["studies"][0]["chosen"]["lr"]
+    code, out, err = cli(capsys, "bench", "--config", config, "--out", out_dir, "--dry-run")
+    assert f"2 trials, 2 finished; lr={chosen}" in out and "finished  breastmnist linear s0" in out
+    code, out, err = cli(capsys, "bench", "--config", config, "--out", tmp_path / "untuned", "--no-tune")
+    assert code == 0, err
+    assert not (tmp_path / "untuned" / TUNING_FILE).exists()
+    assert read_grid(tmp_path / "untuned")[1][0].train == {"epochs": 1, "batch_size": 32}
