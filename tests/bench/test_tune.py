@@ -148,7 +148,7 @@ def test_untuned_run_ids_are_unchanged(tmp_path):
     assert RunSpec(task="retinamnist", method="dynamer", seed=2, train_size=256, options={"keep_ratio": 0.5},
                    train={"epochs": 3, "batch_size": 32, "patience": 2}).run_id() == "retinamnist-dynamer-s2-7cd49a02ae49"
     assert RunSpec(task="breastmnist", method="linear", test=False).run_id().startswith("trial-breastmnist-linear-s0-")
-    specs, tuning = grid(methods=("linear",))
+    specs, _ = grid(methods=("linear",))
     untuned = expand_grid(parse_grid({"name": "t", "tasks": ["breastmnist"], "methods": ["linear"], "train_size": 32,
                                       "train": {"epochs": 1, "batch_size": 32}}))
     assert [s.run_id() for s in specs] == [s.run_id() for s in untuned]  # `tune:` changes nothing before tuning

@@ -19,9 +19,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from medvtab.atomic import write_json
 from medvtab.bench.grid import GridConfig, TuneConfig, swept_options, train_overrides
@@ -234,14 +234,14 @@ def _budget(study: StudySpec, spec: RunSpec, metrics: dict) -> dict:
             "batch_size": cfg.batch_size}
 
 
-def map_studies(root: Path, studies: list[StudySpec], *, device: str, data_root, threads: int | None
-                ) -> Iterator[tuple[StudySpec, StudyResult | BaseException]]:
-    """Each study's result (or the exception that stopped it), in the order they end."""
-    for study in studies:
+def map_jobs(fn, jobs: list[tuple]) -> Iterator[tuple[tuple, object]]:
+    """``(args, fn(*args) or the exception it raised)`` per job, one after another in this process (the shape of
+    the grid executors' ``map_jobs``, which runs studies in parallel)."""
+    for args in jobs:
         try:
-            yield study, run_study(root, study, device, data_root, threads)
+            yield args, fn(*args)
         except Exception as err:  # noqa: BLE001 - one study's failure leaves its key at the defaults
-            yield study, err
+            yield args, err
 
 
 def resolve(specs: list[RunSpec], tuning: Tuning, studies: dict[str, StudySpec],
@@ -276,8 +276,9 @@ def tune_grid(root: Path, specs: list[RunSpec], tuning: Tuning, *, device: str =
     say(f"tune: {len(studies)} studies of {len(next(iter(studies.values())).points()) if studies else 0} trials "
         f"on validation -> {tuning.storage_url(root)}", markup=False)
     results: dict[str, StudyResult] = {}
-    for study, result in map_studies(root, list(studies.values()), device=device, data_root=data_root,
-                                     threads=threads):
+    data_root = None if data_root is None else str(data_root)
+    jobs = [(str(root), study, device, data_root, threads) for study in studies.values()]
+    for (_, study, *_), result in map_jobs(run_study, jobs):
         if isinstance(result, BaseException):
             say(f"tune: {study.name}: FAILED: {result}; its runs keep the defaults", markup=False)
             result = StudyResult(study.name)

@@ -54,8 +54,8 @@ def tuning_section(bench: Bench, figures_dir: Path) -> Section:
     section.tables.append(Table(
         "tuning", "Chosen values per (task, method)", ["Task", "Method", *keys, "Best val. score (%)",
                                                       "Trials complete / pruned / failed"], rows,
-        ["Validation score: accuracy (mean AUROC for multi-label tasks) at the trial's best epoch. "
-         f"{MISSING}: no trial completed (the runs kept the method's defaults)."]))
+        [(f"Validation score: accuracy (mean AUROC for multi-label tasks) at the trial's best epoch. "
+          f"{MISSING}: no trial completed (the runs kept the method's defaults).")]))
     x = "lr" if "lr" in space else (keys[0] if keys else None)
     curves: dict[str, dict[str, list]] = {}
     for s in studies:
