@@ -8,7 +8,8 @@ the first spec of the key in grid order, at the tuning seed, with ``test=False``
 never read. Every spec of the key then gets the chosen values (:func:`resolve`), so its run_id includes them.
 
 Trials run one after another in grid order of the space's values (the same order for every method, so the
-median pruner treats every method alike); each reports its validation score per epoch and is stopped early when
+median pruner treats every method alike): each point is enqueued, so no sampler chooses (Optuna's GridSampler
+would draw the order at random and count a failed point as visited, never running it again). Each reports its validation score per epoch and is stopped early when
 the pruner says so. Studies live in an Optuna RDB storage (``DIR/tuning.db``, SQLite, unless a URL is given):
 finished trials are reused, a trial a killed worker left RUNNING is marked FAIL and its point run again, and a
 trial whose run directory already finished is not retrained (its recorded scores are replayed). The outcome of
