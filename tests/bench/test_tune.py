@@ -110,6 +110,9 @@ def test_rerun_retrains_nothing_and_an_interrupted_study_is_completed(tmp_path, 
     again = bench(tmp_path / "clean", specs, tuning)
     assert not again.failed and len(again.skipped) == again.runs
     assert json.loads((tmp_path / "clean" / TUNING_FILE).read_text()) == first
+    (tmp_path / "clean" / "tuning.db").unlink()  # the studies lost, the trials' run directories kept: replayed
+    bench(tmp_path / "clean", specs, tuning)
+    assert json.loads((tmp_path / "clean" / TUNING_FILE).read_text()) == first
     monkeypatch.setattr(medvtab.engine.run, "train_run", real)
 
     # a worker killed during the second trial: the study holds it RUNNING, and it has no run directory
