@@ -20,6 +20,7 @@ from medvtab.bench.store import RunSpec, read_grid, run_dir
 from medvtab.bench.suites import build_suite
 from medvtab.bench.tune import TUNING_FILE, plan_studies, tune_grid, tuning_key, tuning_of
 from medvtab.data.loading import bundled_path
+from medvtab.errors import MedvtabError
 
 from .test_runner import Quiet
 
@@ -192,8 +193,6 @@ def test_report_shows_the_tuning(tmp_path):
 
 @pytest.mark.parametrize("space", [{"foo": [1]}, {"lr": []}, {"seed": [0, 1]}])
 def test_bad_space_is_a_one_line_error(space):
-    from medvtab.errors import MedvtabError
-
     with pytest.raises(MedvtabError, match="tune.space"):
         parse_grid({"tasks": ["breastmnist"], "tune": {"space": space}})
 
@@ -218,3 +217,16 @@ def test_cli_dry_run_shows_studies_and_no_tune_skips_them(tmp_path, capsys):
     assert code == 0, err
     assert not (tmp_path / "untuned" / TUNING_FILE).exists()
     assert read_grid(tmp_path / "untuned")[1][0].train == {"epochs": 1, "batch_size": 32}
+
+
+def test_a_failed_study_stops_the_grid_before_its_final_runs(tmp_path, monkeypatch):
+    specs, tuning = grid(methods=("linear",))
+
+    def database_gone(self, *args, **kwargs):  # the study's storage fails (a system boundary)
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(optuna.study.Study, "ask", database_gone)
+    with pytest.raises(MedvtabError, match=r"tuning: 1 of 1 studies failed, the first breastmnist linear .*database "
+                                           r"is locked; no final run started"):
+        bench(tmp_path, specs, tuning)
+    assert not (tmp_path / "bench.json").exists() and not list((tmp_path / "runs").iterdir())

@@ -301,7 +301,8 @@ def run_grid(root: Path, specs: list[RunSpec], *, suite: str, device: str = "cpu
     (root / RUNS).mkdir(exist_ok=True)
     if tuning is not None:
         from medvtab.bench.tune import tune_grid  # imported here: tune imports this module
-        specs = tune_grid(root, specs, tuning, device=device, data_root=data_root, threads=threads, console=console)
+        specs = tune_grid(root, specs, tuning, device=device, data_root=data_root, executor=executor, workers=workers,
+                          threads=threads, address=address, console=console)
         info = {**(info or {}), "tune": tuning.config.model_dump()}
     runs = execution_order(unique_runs(specs))
     write_grid(root, suite, specs, device=device, executor=executor, **(info or {}))

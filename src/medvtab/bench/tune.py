@@ -20,11 +20,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medvtab.atomic import write_json
+from medvtab.bench.executors import map_jobs
 from medvtab.bench.grid import GridConfig, TuneConfig, swept_options, train_overrides
 from medvtab.bench.runner import run_one
 from medvtab.bench.store import RunSpec, run_dir
@@ -129,9 +129,21 @@ def plan_studies(root: Path, specs: list[RunSpec], tuning: Tuning) -> dict[str, 
 def _storage(url: str):
     import optuna  # imported here: only a tuned bench needs it
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if url.startswith("sqlite"):  # studies in parallel processes wait for the file's lock instead of failing
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
     return optuna.storages.RDBStorage(url)
+
+
+def _create_studies(studies: list[StudySpec]) -> None:
+    """Create the storage's tables and every study here, once: parallel workers creating a fresh SQLite storage
+    at the same time collide."""
+    import optuna
+
+    storages = {url: _storage(url) for url in dict.fromkeys(s.storage for s in studies)}
+    for study in studies:
+        optuna.create_study(study_name=study.name, storage=storages[study.storage], direction="maximize",
+                            load_if_exists=True)
 
 
 def _point(values: dict, space: dict) -> tuple:
@@ -143,14 +155,13 @@ def _finished_metrics(root: Path, spec: RunSpec) -> dict | None:
     return rundir.read_json(d / rundir.METRICS) if rundir.is_finished(d) else None
 
 
-def run_study(root: str | Path, study: StudySpec, device: str = "cpu", data_root: str | Path | None = None,
-              threads: int | None = None) -> StudyResult:
-    """Run (or resume) one study's trials, one after another, and choose its values (a top-level function:
-    executors pickle it)."""
+def run_study(root: str | Path, study: StudySpec, device: str = "cpu",
+              data_root: str | Path | None = None) -> StudyResult:
+    """Run (or resume) one study's trials, one after another, and choose its values (a job of
+    :func:`medvtab.bench.executors.map_jobs`, which sets torch's threads)."""
     import optuna
     from optuna.trial import TrialState
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     root = Path(root)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if study.pruner == "median"
               else optuna.pruners.NopPruner())
@@ -182,7 +193,7 @@ def run_study(root: str | Path, study: StudySpec, device: str = "cpu", data_root
             trial.report(row.get("val_auroc", row.get("val_accuracy")), row["epoch"])
             return trial.should_prune()
 
-        outcome = run_one(root, spec, device, data_root, threads=threads, on_epoch=on_epoch)
+        outcome = run_one(root, spec, device, data_root, on_epoch=on_epoch)
         metrics = outcome.metrics if outcome.status == "finished" else _finished_metrics(root, spec)
         if metrics is None:  # failed, or claimed by another live worker
             opt.tell(trial, state=TrialState.FAIL)
@@ -235,16 +246,6 @@ def _budget(study: StudySpec, spec: RunSpec, metrics: dict) -> dict:
             "batch_size": cfg.batch_size}
 
 
-def map_jobs(fn, jobs: list[tuple]) -> Iterator[tuple[tuple, object]]:
-    """``(args, fn(*args) or the exception it raised)`` per job, one after another in this process (the shape of
-    the grid executors' ``map_jobs``, which runs studies in parallel)."""
-    for args in jobs:
-        try:
-            yield args, fn(*args)
-        except Exception as err:  # noqa: BLE001 - one study's failure leaves its key at the defaults
-            yield args, err
-
-
 def resolve(specs: list[RunSpec], tuning: Tuning, studies: dict[str, StudySpec],
             chosen: dict[str, dict]) -> list[RunSpec]:
     """Every spec with its key's chosen values (study name -> values); keys without a choice keep the defaults."""
@@ -268,24 +269,35 @@ def read_tuning(root: Path) -> dict | None:
 
 
 def tune_grid(root: Path, specs: list[RunSpec], tuning: Tuning, *, device: str = "cpu", data_root=None,
-              threads: int | None = None, console=None) -> list[RunSpec]:
-    """Run every study of the grid, write ``DIR/tuning.json`` and return the specs with the chosen values."""
+              executor: str = "serial", workers: int | None = None, threads: int = 1, address: str | None = None,
+              console=None) -> list[RunSpec]:
+    """Run every study of the grid through the executor (studies in parallel, each study's trials in order),
+    write ``DIR/tuning.json`` and return the specs with the chosen values. A study that raised stops the grid
+    before its final runs (a MedvtabError; rerunning resumes it); a study none of whose trials completed leaves
+    its key at the defaults."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     studies = plan_studies(root, specs, tuning)
     say = console.print if console is not None else (lambda *a, **k: None)
     say(f"tune: {len(studies)} studies of {len(next(iter(studies.values())).points()) if studies else 0} trials "
         f"on validation -> {tuning.storage_url(root)}", markup=False)
+    _create_studies(list(studies.values()))
     results: dict[str, StudyResult] = {}
+    failed: list[str] = []
     data_root = None if data_root is None else str(data_root)
-    jobs = [(str(root), study, device, data_root, threads) for study in studies.values()]
-    for (_, study, *_), result in map_jobs(run_study, jobs):
+    jobs = [(str(root), study, device, data_root) for study in studies.values()]
+    for (_, study, *_), result in map_jobs(run_study, jobs, executor=executor, workers=workers, threads=threads,
+                                           address=address, gpu=device.startswith("cuda")):
         if isinstance(result, BaseException):
-            say(f"tune: {study.name}: FAILED: {result}; its runs keep the defaults", markup=False)
-            result = StudyResult(study.name)
+            failed.append(f"{describe_study(study)} [{study.name}]: {str(result).strip().splitlines()[0]}")
+            say(f"tune: {failed[-1]}: FAILED", markup=False)
+            continue
         results[study.name] = result
         say(f"tune: {describe_study(study)}: {describe_result(result)}", markup=False)
     write_json(root / TUNING_FILE, tuning_record(tuning, root, studies, results))
+    if failed:
+        raise MedvtabError(f"tuning: {len(failed)} of {len(studies)} studies failed, the first {failed[0]}; no "
+                           f"final run started; rerun the same command to resume (finished trials are kept)")
     return resolve(specs, tuning, studies, {n: r.chosen for n, r in results.items() if r.chosen})
 
 
