@@ -198,3 +198,11 @@ def test_fit_stopped_after_a_checkpoint_resumes_to_the_uninterrupted_result(data
     assert got.best_epoch == expected.best_epoch
     assert_same(resumed.trainable_state_dict(), whole.trainable_state_dict())
     assert load_checkpoint(tmp_path / "run.pt")["epoch"] == 3
+
+
+def test_on_epoch_returning_true_stops_after_that_epoch(data, backbone):
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=1e-2, seed=1)
+    result = fit(build("vpt-shallow", backbone), data.train, data.val, cfg, on_epoch=lambda row: row["epoch"] == 1,
+                 on_note=pytest.fail)
+    assert len(result.history) == 1 and result.stopped_at_epoch == 1
+    assert fit(build("vpt-shallow", backbone), data.train, data.val, cfg, on_note=pytest.fail).stopped_at_epoch is None

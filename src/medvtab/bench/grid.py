@@ -28,6 +28,10 @@ key). Without ``groups`` the top level is the one group ``main``::
         tasks: [kermany-cxr]
         methods: [linear, dynamer]
         protocols: [{name: patient-ood, seen: 100, unseen: 60}, {name: patient-ood, seen: 60, unseen: 100}]
+    tune:                         # optional: every (task, method) tuned on validation (medvtab.bench.tune)
+      space: {lr: [1.0e-4, 3.0e-4, 1.0e-3, 3.0e-3]}    # TrainConfig fields or method options -> values
+      seed: 0                     # the tuning trials' seed
+      pruner: median              # or none
 
 Expansion normalises every cell (method options and training overrides are validated and those equal to their
 defaults dropped, so ``options`` holds what differs from the method's defaults; the protocol gets its canonical
@@ -119,12 +123,35 @@ class GroupConfig(_Strict):
         return value
 
 
+class TuneConfig(_Strict):
+    """The grid's ``tune`` section: a grid search over ``space`` on the validation split for every (task, method)
+    (:mod:`medvtab.bench.tune`). Keys of ``space``: TrainConfig fields or method options; a method without an
+    option of the space is tuned over the rest."""
+    space: dict[str, list[Any]]
+    seed: int = 0
+    pruner: Literal["median", "none"] = "median"
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, value):
+        if not value:
+            raise ValueError("the search space is empty")
+        options = {f for m in method_names() for f in type(make_config(m, {})).model_fields}
+        for key, values in value.items():
+            if key in EXECUTION_KEYS or (key not in TrainConfig.model_fields and key not in options):
+                raise ValueError(f"'{key}' is neither a training field nor a method option")
+            if not values or len(set(map(repr, values))) != len(values):
+                raise ValueError(f"'{key}' needs a non-empty list of distinct values")
+        return value
+
+
 class GridConfig(GroupConfig):
     """A whole grid: top-level defaults plus named groups (see the module docstring)."""
     name: str = "grid"
     device: str | None = None
     data_root: str | None = None
     groups: dict[str, GroupConfig] | None = None
+    tune: TuneConfig | None = None
 
 
 # --- loading and validation -------------------------------------------------------------------------------
@@ -202,7 +229,7 @@ def _merged(grid: GridConfig, group: GroupConfig) -> dict:
     return out
 
 
-def _train_overrides(train: dict, where: str) -> dict:
+def train_overrides(train: dict, where: str) -> dict:
     """The training overrides, validated by TrainConfig, without those equal to its defaults."""
     for key in EXECUTION_KEYS:
         if key in train:
@@ -280,7 +307,7 @@ def expand_grid(grid: GridConfig, *, methods: list[str] | None = None, seeds: in
         n_seeds = seeds if seeds is not None else (g["seeds"] if g["seeds"] is not None else 1)
         seed_list = list(range(n_seeds)) if isinstance(n_seeds, int) else list(n_seeds)
         backbones = g["backbones"] or Backbones()
-        train = _train_overrides(g["train"] or {}, at)
+        train = train_overrides(g["train"] or {}, at)
         protocols = [_protocol(p, g["train_size"], at)
                      for entry in (g["protocols"] or [ProtocolConfig()]) for p in entry.expand()]
         variants = {m: _variants(m, (g["options"] or {}).get(m, {}), g["sweep"], at) for m in group_methods}
@@ -297,6 +324,12 @@ def expand_grid(grid: GridConfig, *, methods: list[str] | None = None, seeds: in
         raise MedvtabError(f"{where}: the grid is empty"
                            + (f" (no group has any of the methods {', '.join(methods)})" if methods else ""))
     return specs
+
+
+def swept_options(grid: GridConfig) -> dict[str, tuple[str, ...]]:
+    """group -> the method options its sweep varies (not part of a tuning key: a sweep's points share a study)."""
+    groups = grid.groups if grid.groups is not None else {"main": GroupConfig()}
+    return {name: tuple(_merged(grid, group)["sweep"] or ()) for name, group in groups.items()}
 
 
 def unique_runs(specs: list[RunSpec]) -> list[RunSpec]:

@@ -186,9 +186,11 @@ def record_failure(root: Path, spec: RunSpec, err: BaseException, device: str, s
 
 
 def run_one(root: str | Path, spec: RunSpec, device: str = "cpu", data_root: str | Path | None = None, *,
-            on_step: Callable[[int, int, float], None] | None = None) -> Outcome:
+            on_step: Callable[[int, int, float], None] | None = None,
+            on_epoch: Callable[[dict], bool | None] | None = None) -> Outcome:
     """Train one cell of a grid into ``DIR/runs/<run_id>/`` unless it is finished or claimed; never raises
-    for a failed run (it is recorded), only for an interrupt. Torch's CPU threads are the executor's to set."""
+    for a failed run (it is recorded), only for an interrupt. Torch's CPU threads are the executor's to set.
+    ``on_epoch``: see :func:`medvtab.engine.run.train_run` (a tuner's pruning)."""
     root = Path(root)
     start = time.perf_counter()
     if is_finished(root, spec):
@@ -205,7 +207,8 @@ def run_one(root: str | Path, spec: RunSpec, device: str = "cpu", data_root: str
                 spec.task, spec.method, spec.general, spec.medical, run_dir(root, spec), cfg, spec.options,
                 spec.train_size, on_step, on_note=lambda message: None, protocol=spec.protocol,
                 train_fraction=spec.train_fraction, shots=spec.shots, seen=spec.seen, unseen=spec.unseen,
-                data_root=data_root, record={"bench": spec.model_dump()}, resume="auto")
+                data_root=data_root, record={"bench": spec.model_dump()}, resume="auto", on_epoch=on_epoch,
+                test=spec.test)
         except Exception as err:  # noqa: BLE001 - every failure is recorded and the grid goes on
             if is_finished(root, spec):  # another worker (without a claim) landed it first: ours is dropped
                 return Outcome(spec.run_id(), "skipped", time.perf_counter() - start)
@@ -283,18 +286,25 @@ def run_label(spec: RunSpec, outcome: Outcome) -> str:
 def run_grid(root: Path, specs: list[RunSpec], *, suite: str, device: str = "cpu",
              data_root: str | Path | None = None, executor: str = "serial", address: str | None = None,
              workers: int | None = None, threads: int | None = None, info: dict | None = None,
-             console=None) -> Summary:
-    """Record the grid in ``DIR/bench.json`` and run every unfinished run of it (each shared run once)."""
+             console=None, tuning=None) -> Summary:
+    """Record the grid in ``DIR/bench.json`` and run every unfinished run of it (each shared run once).
+    ``tuning`` (:class:`medvtab.bench.tune.Tuning`): first every (task, method) is tuned on validation
+    (``DIR/tuning.json``) and the specs run with the chosen values."""
     check_executor(executor)
     check_device(device, local=executor != "ray" or address is None)
     console = console or Console(highlight=False, soft_wrap=True)
     threads = threads or DEFAULT_THREADS
     root = Path(root).resolve()
     start = time.perf_counter()
-    runs = execution_order(unique_runs(specs))
-    preflight(runs, data_root, backbones=executor != "ray" or address is None)
+    preflight(execution_order(unique_runs(specs)), data_root, backbones=executor != "ray" or address is None)
     root.mkdir(parents=True, exist_ok=True)
     (root / RUNS).mkdir(exist_ok=True)
+    if tuning is not None:
+        from medvtab.bench.tune import tune_grid  # imported here: tune imports this module
+        specs = tune_grid(root, specs, tuning, device=device, data_root=data_root, executor=executor, workers=workers,
+                          threads=threads, address=address, console=console)
+        info = {**(info or {}), "tune": tuning.config.model_dump()}
+    runs = execution_order(unique_runs(specs))
     write_grid(root, suite, specs, device=device, executor=executor, **(info or {}))
     summary = Summary(len(runs), len(specs))
     todo = []

@@ -50,11 +50,14 @@ class RunSpec(BaseModel):
                                                             "only those that differ from the method's defaults")
     train: dict = Field(default_factory=dict, description="TrainConfig overrides: epochs, batch_size, lr, ... "
                                                           "(a grid keeps only those that differ from the defaults)")
+    test: bool = Field(True, description="False: a tuning trial, trained and scored on the validation split only "
+                                         "(the test split is never read)")
 
     def key(self) -> str:
         """Hash of everything but ``group`` (two tables may share one run), with the method's whole configuration
-        in place of ``options``: when a default changes, the run is a different run, never the stored one."""
-        body = self.model_dump(exclude={"group"})
+        in place of ``options``: when a default changes, the run is a different run, never the stored one.
+        ``test`` counts only when False (a tuning trial), so a final run's id is what it was before trials existed."""
+        body = self.model_dump(exclude={"group", "test"} if self.test else {"group"})
         try:
             body["options"] = make_config(self.method, self.options).model_dump(mode="json")
         except MedvtabError:  # a method (or option) this version does not know: a store may still list it
@@ -63,7 +66,8 @@ class RunSpec(BaseModel):
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def run_id(self) -> str:
-        return f"{self.task}-{self.method}-s{self.seed}-{self.key()}".replace("/", "_")
+        trial = "" if self.test else "trial-"
+        return f"{trial}{self.task}-{self.method}-s{self.seed}-{self.key()}".replace("/", "_")
 
 
 def run_dir(root: Path, spec: RunSpec) -> Path:

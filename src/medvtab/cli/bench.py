@@ -36,14 +36,20 @@ def bench(
     data_root: Optional[Path] = typer.Option(None, help="Folder of the real sets for registered task names "
                                                         "(default: $MEDVTAB_DATA, else shared/data beside the "
                                                         "project)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the grid (runs per group, which are finished) "
-                                                          "and run nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the grid (tuning studies, runs per group, which "
+                                                          "are finished) and run nothing."),
+    tune: bool = typer.Option(True, "--tune/--no-tune", help="Tune every (task, method) on validation first when "
+                                                             "the grid has a 'tune' section (--no-tune: defaults)."),
+    tune_storage: Optional[str] = typer.Option(None, help="Optuna storage URL of the tuning studies (default "
+                                                          "sqlite:///DIR/tuning.db; e.g. a PostgreSQL URL on a "
+                                                          "cluster)."),
 ):
     """Run a grid of (task, method, seed, config) runs into a resumable results store; finished runs are never
     recomputed, failed runs are recorded in DIR/failures/ and retried by the next run of the same command."""
     # imported here, not at the top: keeps CLI start-up fast
     from medvtab.bench.grid import expand_grid, load_grid_file
     from medvtab.bench.suites import SUITES, build_suite
+    from medvtab.bench.tune import tuning_of
 
     if (suite is None) == (config is None):
         raise MedvtabError("give exactly one of --suite (" + ", ".join(SUITES) + ") and --config FILE")
@@ -67,11 +73,15 @@ def bench(
     else:
         grid = load_grid_file(config)
         specs = expand_grid(grid, methods=method_list, seeds=seeds, where=str(config))
-        name = grid.name
+        name, grids = grid.name, [grid]
+    tuning = tuning_of(grids, tune_storage) if tune else None
     device = device or grid.device or "cpu"
     root = data_root if data_root is not None else grid.data_root
     if dry_run:
         from medvtab.bench.runner import print_dry_run
+        if tuning is not None:
+            from medvtab.bench.tune import print_tuning_plan
+            specs = print_tuning_plan(out, specs, tuning)
         print_dry_run(out, specs, data_root=root)
         return
     from medvtab.bench.runner import run_grid
@@ -79,7 +89,7 @@ def bench(
     info = {"profile": "quick" if quick else "default", "config": None if config is None else str(config),
             "methods": method_list, "seeds": seeds}
     summary = run_grid(out, specs, suite=name, device=device, data_root=root, executor=executor, address=address,
-                       workers=workers, threads=threads, info=info)
+                       workers=workers, threads=threads, info=info, tuning=tuning)
     if summary.failed:
         raise typer.Exit(1)
 

@@ -185,6 +185,7 @@ class FitResult:
     skipped_batches: int = 0
     compile: dict = field(default_factory=lambda: {"requested": False, "in_effect": False, "fallback": None})
     compiled: CompiledForward | None = None  # the model's compiled forward, where compiling was tried
+    stopped_at_epoch: int | None = None  # the epoch after which ``on_epoch`` stopped the run (a pruned trial)
 
     def compile_record(self) -> dict:
         """``compile``: requested, in effect, the fallback reason; as of now (a pass after training, such as the
@@ -218,7 +219,7 @@ def adamw(model: AdaptedModel, cfg: TrainConfig) -> torch.optim.AdamW:
 
 def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
         on_step: Callable[[int, int, float], None] | None = None, fabric=None,
-        on_epoch: Callable[[dict], None] | None = None, checkpoint: Path | None = None,
+        on_epoch: Callable[[dict], bool | None] | None = None, checkpoint: Path | None = None,
         resume: dict | None = None, fingerprint: dict | None = None,
         on_note: Callable[[str], None] = print) -> FitResult:
     """Train the model's trainable parameters; restore the weights of the best validation epoch (accuracy; for a
@@ -227,7 +228,8 @@ def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
     ``fabric`` (:mod:`medvtab.engine.distributed`): each global batch is split across its processes and DDP
     averages the gradients. ``checkpoint``: after every epoch the whole :class:`TrainState` is written there;
     ``resume``: such a state (:func:`~medvtab.engine.state.load_checkpoint`), whose ``fingerprint`` must equal
-    this run's, to continue from. A non-finite loss raises :class:`NonFiniteLoss` unless ``cfg.skip_nonfinite``
+    this run's, to continue from. ``on_epoch`` gets each epoch's history row; a true return stops the run after
+    that epoch (a tuner pruning a trial; recorded as ``FitResult.stopped_at_epoch``). A non-finite loss raises :class:`NonFiniteLoss` unless ``cfg.skip_nonfinite``
     bad batches are allowed (each is skipped: no update, counted in ``FitResult.skipped_batches``). CUDA out of
     memory: see :func:`train_epoch` (training) and :meth:`BatchSizes.evaluate` (a pass is repeated)."""
     device = fabric.device if fabric is not None else torch.device(cfg.device)
@@ -253,6 +255,7 @@ def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
     training = TrainingPass(model, wrapped, train_x, train_y, cfg, fabric, on_step, checkpoint)
     val_features = None
     start = time.perf_counter() - state.elapsed - compiling
+    stopped_at = None
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         if state.stopped:
             break
@@ -270,9 +273,10 @@ def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
                               "val_auroc" if val.targets is not None else "val_accuracy": round(score, 6),
                               "lr": optimizer.param_groups[0]["lr"],
                               "seconds": round(time.perf_counter() - start, 3)})
-        if on_epoch:
-            on_epoch(state.history[-1])
+        stop = bool(on_epoch(state.history[-1])) if on_epoch else False
         state.end_epoch(epoch, score, cfg.patience, scored.probs)
+        if stop:
+            state.stopped, stopped_at = True, epoch  # a resumed checkpoint stops here too
         if checkpoint is not None and (fabric is None or fabric.global_rank == 0):
             state.elapsed = time.perf_counter() - start
             state.save(checkpoint)
@@ -280,7 +284,7 @@ def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
         model.load_trainable_state_dict(state.best_state, "best validation epoch")
     best_val_probs = state.best_val_probs.numpy() if state.best_val_probs is not None else None
     return FitResult(batches, state.history, state.best_epoch, best_val_probs, time.perf_counter() - start,
-                     state.skipped_batches, compile_record, compiled)
+                     state.skipped_batches, compile_record, compiled, stopped_at)
 
 
 def _validation_score(val: Split, scored: EvalResult, epoch: int, checkpoint: Path | None) -> float:

@@ -50,7 +50,8 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
               protocol: str = "standard", train_fraction: float | None = None, shots: int | None = None,
               seen: int | None = None, unseen: int | None = None, data_root: str | Path | None = None,
               run_check: bool = True, record: dict | None = None, tensorboard: Path | None = None,
-              mlflow_uri: str | None = None, resume: bool | str = False) -> dict | None:
+              mlflow_uri: str | None = None, resume: bool | str = False,
+              on_epoch: Callable[[dict], bool | None] | None = None, test: bool = True) -> dict | None:
     """Everything is validated (options, protocol, backbones, data, alignment) before the run directory exists.
 
     ``protocol`` and its options: see :mod:`medvtab.data.protocols`. ``data_root``: where registered real sets
@@ -76,6 +77,12 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
     metrics.json last: a run is finished exactly when its metrics.json exists; the checkpoint is then removed.
     ``resume="auto"`` (for grids, whose runner holds the run's claim): resume where a checkpoint exists, else
     start afresh, clearing what a run killed in its first epoch left.
+
+    ``on_epoch``: called with each epoch's history row; a true return stops the run after that epoch (a tuner
+    pruning a trial: metrics.json records ``pruned_at_epoch``). ``test=False`` (a tuning trial): the test split is
+    never evaluated; metrics.json holds the validation scores per epoch (``val_scores``) and the best
+    (``val_score``) instead of test metrics, predictions.npz the validation set only, and no adapter.safetensors
+    is written.
     """
     if train_cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise MedvtabError("option '--device': cuda requested but no CUDA device is available")
@@ -141,7 +148,7 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
         rundir.write_json(out / SPLITS_FILE, splits)
     try:
         result = fit(model, data.train, data.val, train_cfg, on_step=on_step, fabric=fabric,
-                     on_epoch=tracker.epoch if tracker else None, checkpoint=checkpoint, resume=state,
+                     on_epoch=_epoch_hook(tracker, on_epoch), checkpoint=checkpoint, resume=state,
                      fingerprint=run_fingerprint(run_config, len(data.train)), on_note=on_note)
     except BaseException:
         if tracker:
@@ -153,16 +160,20 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
     def test_pass(split: Split, record_stats: bool = False):
         return batches.evaluate(lambda b: evaluate(model, as_tensor(split), split.y, b, device, record_stats),
                                 len(split), "test", None, epochs_run)
-    test = test_pass(data.test, record_stats=True)
-    test_metrics = classification_metrics(data.test.y, test.probs)
+    if test:
+        tested = test_pass(data.test, record_stats=True)
+        test_metrics = classification_metrics(data.test.y, tested.probs)
+        scores = {**test_metrics, "eval_images_per_second": round(tested.images_per_second, 2),
+                  "ms_per_batch": round(tested.ms_per_batch, 3)}
+    else:  # a tuning trial: validation only
+        val_scores = [row.get("val_auroc", row.get("val_accuracy")) for row in result.history]
+        scores = {"val_scores": val_scores, "val_score": max(val_scores), "pruned_at_epoch": result.stopped_at_epoch}
     metrics = {
         "task": data.name, "task_type": data.task_type, "method": method, "seed": train_cfg.seed,
         "protocol": chosen.name,
         "warnings": warnings, "data_checked": run_check,
-        **test_metrics,
+        **scores,
         **parameter_counts(model, backbones),
-        "eval_images_per_second": round(test.images_per_second, 2),
-        "ms_per_batch": round(test.ms_per_batch, 3),
         "batch_size": batches.train, "eval_batch_size": batches.eval,
         "batch_size_reductions": batches.reductions,  # --auto-batch after CUDA out of memory
         "train_seconds": round(result.train_seconds, 3),
@@ -173,8 +184,10 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
         "routing": model.routing_stats(),
         "compile": result.compile_record(), "grad_checkpointing": train_cfg.grad_checkpointing,
     }
-    predictions = {"val": (result.best_val_probs, data.val.y), "test": (test.probs, data.test.y)}
-    if data.extra_tests:  # patient-ood: the usual keys are the seen test's; each test set in full too
+    predictions = {"val": (result.best_val_probs, data.val.y)}
+    if test:
+        predictions["test"] = (tested.probs, data.test.y)
+    if test and data.extra_tests:  # patient-ood: the usual keys are the seen test's; each test set in full too
         metrics["seen"] = summarise_test_set(data.test, test_metrics)
         for name, split in data.extra_tests.items():
             extra = test_pass(split)
@@ -185,7 +198,8 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
         return None
     if train_cfg.compile:  # whether it took effect is known now
         rundir.write_json(out / rundir.CONFIG, {**run_config, "compile": metrics["compile"]})
-    rundir.write_tensors(out / rundir.ADAPTER, model.trainable_state_dict())
+    if test:  # a trial's weights are never used again
+        rundir.write_tensors(out / rundir.ADAPTER, model.trainable_state_dict())
     rundir.write_csv(out / rundir.LOG, result.history)
     rundir.write_predictions(out / rundir.PREDICTIONS, predictions)
     rundir.write_json(out / rundir.METRICS, metrics)  # last: the run is finished
@@ -195,6 +209,17 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
                         "general": general_spec, "medical": medical_spec, "train": train_cfg.model_dump(),
                         "method_config": config.model_dump(), "compile": metrics["compile"]}, metrics, out)
     return metrics
+
+
+def _epoch_hook(tracker: Tracker | None, on_epoch: Callable[[dict], bool | None] | None):
+    """The tracker's per-epoch logging and the caller's hook (whose true return stops the run) as one."""
+    if tracker is None:
+        return on_epoch
+
+    def hook(row: dict) -> bool:
+        tracker.epoch(row)
+        return bool(on_epoch(row)) if on_epoch else False
+    return hook
 
 
 RESUME_INDEPENDENT = ("device", "devices", "num_nodes", "eval_batch_size", "skip_nonfinite", "auto_batch", "compile",

@@ -10,15 +10,18 @@ import os
 import textwrap
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import NullLocator
 
 from medvtab.atomic import atomic_write
 
 DPI = 110
+LEGEND_IN_PANEL = 6  # more lines than this: one legend beside the panels
 _RC = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9,
        "legend.fontsize": 8, "xtick.labelsize": 8, "ytick.labelsize": 8}
 
@@ -54,12 +57,18 @@ def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
 
 
 def data_efficiency(curves: dict[str, dict[str, list[tuple[float, float, float]]]], floors: dict[str, float],
-                    xlabel: str, path: Path) -> Path:
+                    xlabel: str, path: Path, ylabel: str = "test accuracy (%)") -> Path:
     """One panel per task: accuracy (mean, std over seeds) against the amount of training data, one line per
-    method. ``curves[task][method] = [(x, mean, std), ...]``; ``floors[task]``: the majority-class rate."""
+    method. ``curves[task][method] = [(x, mean, std), ...]``; ``floors[task]``: the majority-class rate. Also
+    the tuning's sensitivity plot (validation score against a hyper-parameter, ``ylabel``). A method has one colour
+    in every panel; more than ``LEGEND_IN_PANEL`` methods share one legend beside the panels."""
+    methods = list(dict.fromkeys(m for lines in curves.values() for m in lines))
+    palette = [f"C{i}" for i in range(10)] if len(methods) <= 10 else list(matplotlib.colormaps["tab20"].colors)
+    colours = {m: palette[i % len(palette)] for i, m in enumerate(methods)}
+    shared = len(methods) > LEGEND_IN_PANEL
     with rc_context(_RC):
         rows, cols = _grid(len(curves))
-        fig = Figure(figsize=(3.6 * cols, 2.9 * rows))
+        fig = Figure(figsize=(3.6 * cols + (1.6 if shared else 0), 2.9 * rows))
         xs_all = [x for lines in curves.values() for pts in lines.values() for x, _, _ in pts]
         log_x = min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 10
         for k, (task, lines) in enumerate(curves.items()):
@@ -69,7 +78,8 @@ def data_efficiency(curves: dict[str, dict[str, list[tuple[float, float, float]]
                 x = [p[0] for p in pts]
                 y = np.array([100 * p[1] for p in pts])
                 err = np.nan_to_num(np.array([100 * p[2] for p in pts]))
-                ax.errorbar(x, y, yerr=err, marker="o", ms=3.5, capsize=2, lw=1.2, label=literal(short(method)))
+                ax.errorbar(x, y, yerr=err, marker="o", ms=3.5, capsize=2, lw=1.2, color=colours[method],
+                            label=literal(short(method)))
             if task in floors and math.isfinite(floors[task]):
                 ax.axhline(100 * floors[task], color="grey", ls="--", lw=0.9, label="majority class")
             if log_x:
@@ -80,9 +90,13 @@ def data_efficiency(curves: dict[str, dict[str, list[tuple[float, float, float]]
                 ax.xaxis.set_minor_locator(NullLocator())
             ax.set_title(literal(short(task, 40)))
             ax.set_xlabel(xlabel)
-            ax.set_ylabel("test accuracy (%)")
+            ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
-            ax.legend(loc="best")
+            if not shared:
+                ax.legend(loc="best")
+        if shared:
+            handles = [Line2D([], [], color=colours[m], marker="o", ms=3.5, lw=1.2) for m in methods]
+            fig.legend(handles, [literal(short(m)) for m in methods], loc="center left", bbox_to_anchor=(1.0, 0.5))
         fig.tight_layout()
         return _save(fig, path)
 

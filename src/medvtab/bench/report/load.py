@@ -9,6 +9,7 @@ from pathlib import Path
 
 from medvtab.bench.runner import read_failures
 from medvtab.bench.store import RUNS, RunSpec, read_grid, run_dir
+from medvtab.bench.tune import read_tuning
 from medvtab.engine import rundir
 from medvtab.errors import MedvtabError
 from medvtab.methods import make_config
@@ -71,6 +72,7 @@ class Bench:
     extra_runs: list[str]  # finished run directories not in the grid
     staged: list[str]  # staged (in progress or interrupted) run directories
     failures: dict[str, dict] = field(default_factory=dict)  # run_id -> DIR/failures/<run_id>.json record
+    tuning: dict | None = None  # DIR/tuning.json (medvtab.bench.tune), None for an untuned grid
 
     def group(self, name: str) -> list[Run]:
         return [r for r in self.runs if r.spec.group == name]
@@ -101,12 +103,14 @@ def load_bench(root: Path) -> Bench:
         runs.append(Run(spec, spec.run_id(), d, metrics, config))
         ids.add(spec.run_id())
     failures = read_failures(root)
+    tuning = read_tuning(root)
+    trials = {t.get("run_id") for s in (tuning or {}).get("studies", []) for t in s.get("trials", [])}
     extra, staged = [], []
     runs_dir = root / RUNS
     if runs_dir.is_dir():
         for d in sorted(runs_dir.iterdir()):
             if d.name.startswith("."):
                 staged.append(d.name)
-            elif d.is_dir() and d.name not in ids and rundir.is_finished(d):
+            elif d.is_dir() and d.name not in ids | trials and rundir.is_finished(d):
                 extra.append(d.name)
-    return Bench(root, info, runs, extra, staged, {k: v for k, v in failures.items() if k in ids})
+    return Bench(root, info, runs, extra, staged, {k: v for k, v in failures.items() if k in ids}, tuning)

@@ -19,16 +19,17 @@ from medvtab.bench.report.sections.ood import ood_section
 from medvtab.bench.report.sections.other_groups import other_groups_section
 from medvtab.bench.report.sections.overview import header, tasks_section
 from medvtab.bench.report.sections.routing import routing_section
+from medvtab.bench.report.sections.tuning import tuning_section
 from medvtab.bench.report.sections.warnings import warnings_section
 from medvtab.bench.report.tables import Report
 from medvtab.errors import MedvtabError
 
-FIGURE_NAMES = ("params_accuracy.png", "data_efficiency.png", "attention.png", "routing.png")
+FIGURE_NAMES = ("params_accuracy.png", "data_efficiency.png", "attention.png", "routing.png", "sensitivity.png")
 
 
 def build_report(bench: Bench, figures_dir: Path, *, out: Path | None = None, attention: bool = True) -> Report:
-    sections = [tasks_section(bench), main_section(bench, figures_dir), agreement_section(bench),
-                fewshot_section(bench, figures_dir), ood_section(bench)]
+    sections = [tasks_section(bench), tuning_section(bench, figures_dir), main_section(bench, figures_dir),
+                agreement_section(bench), fewshot_section(bench, figures_dir), ood_section(bench)]
     sections += [ablation_section(bench, a) for a in ABLATIONS]
     sections += [routing_section(bench, figures_dir), attention_section(bench, figures_dir, attention)]
     sections += [s for s in (other_groups_section(bench), missing_section(bench), warnings_section(bench)) if s]
