@@ -230,3 +230,14 @@ def test_a_failed_study_stops_the_grid_before_its_final_runs(tmp_path, monkeypat
                                            r"is locked; no final run started"):
         bench(tmp_path, specs, tuning)
     assert not (tmp_path / "bench.json").exists() and not list((tmp_path / "runs").iterdir())
+
+
+def test_ties_go_to_the_lower_validation_loss_then_to_the_earlier_point():
+    from medvtab.bench.tune import choose
+
+    a, b, c = ({"values": {"lr": lr}, "val_score": 0.625, "val_loss": loss} for lr, loss in
+               ((1e-4, 0.70), (3e-4, 0.61), (1e-3, 0.61)))
+    assert choose([a, None, b, c]) is b
+    better = {"values": {"lr": 3e-3}, "val_score": 0.7, "val_loss": 0.9}
+    assert choose([a, b, c, better]) is better
+    assert choose([None, None]) is None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,7 +212,8 @@ def run_study(root: str | Path, study: StudySpec, device: str = "cpu",
 
 def _result(root: Path, study: StudySpec, trials) -> StudyResult:
     """The study's record: every trial that ran (scores from its run directory) and the chosen values: the best
-    completed trial's validation score, ties to the earlier point in grid order."""
+    completed trial's validation score; ties (common while methods sit at the majority-class rate) go to the lower
+    validation loss of its best epoch, then to the earlier point in grid order."""
     from optuna.trial import TrialState
 
     result = StudyResult(study.name)
@@ -223,17 +225,31 @@ def _result(root: Path, study: StudySpec, trials) -> StudyResult:
         metrics = _finished_metrics(root, spec) if t.state != TrialState.FAIL else None
         record = {"number": t.number, "values": dict(t.params), "state": t.state.name, "run_id": spec.run_id(),
                   "val_scores": (metrics or {}).get("val_scores"), "val_score": (metrics or {}).get("val_score"),
+                  "val_loss": (metrics or {}).get("val_loss"),
                   "pruned_at_epoch": (metrics or {}).get("pruned_at_epoch")}
         result.trials.append(record)
         if t.state == TrialState.COMPLETE and metrics is not None:
             best[_point(t.params, study.space)] = record
         if metrics is not None and not result.budget:
             result.budget = _budget(study, spec, metrics)
-    for values in study.points():  # grid order: a tie goes to the earlier point
-        record = best.get(_point(values, study.space))
-        if record and (result.best_val_score is None or record["val_score"] > result.best_val_score):
-            result.chosen, result.best_val_score = dict(values), record["val_score"]
+    winner = choose([best.get(_point(values, study.space)) for values in study.points()])
+    if winner is not None:
+        result.chosen, result.best_val_score = dict(winner["values"]), winner["val_score"]
     return result
+
+
+def choose(records: list[dict | None]) -> dict | None:
+    """The best of the completed trials' records, given in grid order (None: no completed trial there): the highest
+    validation score; a tie goes to the lower validation loss at its best epoch, then to the earlier point."""
+    def rank(record: dict) -> tuple:
+        loss = record.get("val_loss")
+        return record["val_score"], -(loss if loss is not None and math.isfinite(loss) else math.inf)
+
+    best = None
+    for record in records:
+        if record is not None and (best is None or rank(record) > rank(best)):
+            best = record
+    return best
 
 
 def _budget(study: StudySpec, spec: RunSpec, metrics: dict) -> dict:

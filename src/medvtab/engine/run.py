@@ -80,8 +80,8 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
 
     ``on_epoch``: called with each epoch's history row; a true return stops the run after that epoch (a tuner
     pruning a trial: metrics.json records ``pruned_at_epoch``). ``test=False`` (a tuning trial): the test split is
-    never evaluated; metrics.json holds the validation scores per epoch (``val_scores``) and the best
-    (``val_score``) instead of test metrics, predictions.npz the validation set only, and no adapter.safetensors
+    never evaluated; metrics.json holds the validation scores per epoch (``val_scores``), the best
+    (``val_score``) and that epoch's validation loss (``val_loss``, the tuner's tie-break) instead of test metrics, predictions.npz the validation set only, and no adapter.safetensors
     is written.
     """
     if train_cfg.device.startswith("cuda") and not torch.cuda.is_available():
@@ -167,7 +167,9 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
                   "ms_per_batch": round(tested.ms_per_batch, 3)}
     else:  # a tuning trial: validation only
         val_scores = [row.get("val_auroc", row.get("val_accuracy")) for row in result.history]
-        scores = {"val_scores": val_scores, "val_score": max(val_scores), "pruned_at_epoch": result.stopped_at_epoch}
+        best = result.history[result.best_epoch - 1] if result.best_epoch else result.history[-1]
+        scores = {"val_scores": val_scores, "val_score": max(val_scores), "val_loss": best["val_loss"],
+                  "pruned_at_epoch": result.stopped_at_epoch}
     metrics = {
         "task": data.name, "task_type": data.task_type, "method": method, "seed": train_cfg.seed,
         "protocol": chosen.name,
