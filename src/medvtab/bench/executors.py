@@ -119,8 +119,10 @@ def _local(fn, jobs, workers, threads):
                 except Exception as err:  # noqa: BLE001 - the job raised in its worker
                     result = err
                 yield args, result
-    finally:
+    except BaseException:  # an interrupt, or the caller stopped early: no waiting for running jobs
         pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)  # every job has ended; waiting lets the pool's own threads end cleanly before exit
 
 
 def _ray(fn, jobs, workers, threads, address, gpu):
