@@ -241,3 +241,17 @@ def test_ties_go_to_the_lower_validation_loss_then_to_the_earlier_point():
     better = {"values": {"lr": 3e-3}, "val_score": 0.7, "val_loss": 0.9}
     assert choose([a, b, c, better]) is better
     assert choose([None, None]) is None
+
+
+def test_tuned_values_do_not_split_a_method_into_rows(tmp_path):
+    """Each task has its own chosen lr; the main tables still show one row per method (the tuning section lists the
+    values), while a grid that sets lr itself keeps one row per lr."""
+    from medvtab.bench.report.load import Run
+    from medvtab.bench.report.tables import row_key
+    from medvtab.bench.store import RunSpec
+
+    a, b = (RunSpec(task=t, method="linear", train={"lr": lr, "epochs": 1}) for t, lr in
+            (("breastmnist", 1e-4), ("retinamnist", 1e-2)))
+    tuned = [Run(s, s.run_id(), tmp_path, None, None, ("lr",)) for s in (a, b)]
+    assert row_key(tuned[0]) == row_key(tuned[1])
+    assert row_key(Run(a, a.run_id(), tmp_path, None, None)) != row_key(Run(b, b.run_id(), tmp_path, None, None))

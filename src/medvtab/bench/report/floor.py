@@ -67,8 +67,26 @@ def seed_explanation(run: Run) -> str:
     return f"{head}: " + ("; ".join(parts) if parts else "no stored predictions or log to explain it")
 
 
-def floor_notes(runs: list[Run], tasks: list[str], keys: list[tuple], labels: dict) -> list[str]:
-    """One note per (task, row) whose mean test accuracy is not above the task's majority-class rate."""
+def tuning_explanation(tuning: dict | None, task: str, method: str) -> str | None:
+    """The validation scores of the (task, method)'s tuning trials (DIR/tuning.json), e.g. "its learning-rate
+    trials on validation: lr=0.0001 74.24 %, lr=0.0003 74.24 % (pruned), ..."."""
+    study = next((s for s in (tuning or {}).get("studies", []) if s.get("task") == task and s.get("method") == method),
+                 None)
+    if study is None or not study.get("trials"):
+        return None
+    shown = []
+    for trial in study["trials"]:
+        values = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial["values"].items())
+        score = trial.get("val_score")
+        state = {"PRUNED": " (pruned)", "FAIL": " (failed)"}.get(trial.get("state"), "")
+        shown.append(f"{values} {100 * score:.2f} %{state}" if isinstance(score, (int, float)) else f"{values}{state}")
+    return "its tuning trials' best validation scores: " + ", ".join(shown)
+
+
+def floor_notes(runs: list[Run], tasks: list[str], keys: list[tuple], labels: dict,
+                tuning: dict | None = None) -> list[str]:
+    """One note per (task, row) whose mean test accuracy is not above the task's majority-class rate; with the
+    grid's tuning record, the (task, method)'s trials too."""
     cells = by_row_task(runs)
     floor = floors([r for r in runs if r.finished])
     notes = []
@@ -80,6 +98,8 @@ def floor_notes(runs: list[Run], tasks: list[str], keys: list[tuple], labels: di
             if not rs or not math.isfinite(acc) or not math.isfinite(f) or acc > f + TOLERANCE:
                 continue
             relation = "=" if abs(acc - f) <= 5e-5 else "below"
+            parts = [seed_explanation(r) for r in sorted(rs, key=lambda r: r.spec.seed)]
+            trials = tuning_explanation(tuning, task, rs[0].spec.method)
             notes.append(f"{task} / {labels[k]}: {100 * acc:.2f} % {relation} the floor {100 * f:.2f} %: "
-                         + "; ".join(seed_explanation(r) for r in sorted(rs, key=lambda r: r.spec.seed)) + ".")
+                         + "; ".join(parts + ([trials] if trials else [])) + ".")
     return notes

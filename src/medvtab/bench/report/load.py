@@ -42,6 +42,7 @@ class Run:
     dir: Path
     metrics: dict | None
     config: dict | None
+    tuned: tuple[str, ...] = ()  # the training and method fields the grid tuned (their values vary by task)
 
     @property
     def finished(self) -> bool:
@@ -91,6 +92,7 @@ def load_bench(root: Path) -> Bench:
         raise MedvtabError(f"{root}: not a directory; expected a `medvtab bench --out` directory")
     try:
         info, specs = read_grid(root)
+        tuned = tuple((info.get("tune") or {}).get("space") or ())
     except AttributeError:
         raise MedvtabError(f"{root / 'bench.json'}: malformed grid (not a JSON object)") from None
     runs, ids = [], set()
@@ -100,7 +102,7 @@ def load_bench(root: Path) -> Bench:
         if rundir.is_finished(d):
             metrics = _read_json(d / rundir.METRICS)
             config = _read_json(d / rundir.CONFIG)
-        runs.append(Run(spec, spec.run_id(), d, metrics, config))
+        runs.append(Run(spec, spec.run_id(), d, metrics, config, tuned))
         ids.add(spec.run_id())
     failures = read_failures(root)
     tuning = read_tuning(root)

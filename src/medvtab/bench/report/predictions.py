@@ -55,7 +55,7 @@ def main_predictions(runs: list[Run]) -> dict[tuple, dict[str, np.ndarray]]:
     for r in runs:
         p = run_predictions(r)
         if p is not None and {"val_probs", "val_labels", "test_probs", "test_labels"} <= set(p):
-            out[(row_key(r.spec), r.spec.task, r.spec.seed)] = p
+            out[(row_key(r), r.spec.task, r.spec.seed)] = p
     return out
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from medvtab.bench.report.load import Bench, Run
 from medvtab.bench.report.stats import mean_std
-from medvtab.bench.store import RunSpec
 from medvtab.data.catalogue import get_task
 from medvtab.errors import MedvtabError
 
@@ -169,10 +168,14 @@ def ordered(items) -> list:
     return list(dict.fromkeys(items))
 
 
-def row_key(spec: RunSpec) -> tuple:
-    """Runs of one table row: same method, options, training overrides and backbones (any task, seed)."""
-    return (spec.method, json.dumps(spec.options, sort_keys=True), json.dumps(spec.train, sort_keys=True),
-            spec.general, spec.medical)
+def row_key(run: Run) -> tuple:
+    """Runs of one table row: same method, options, training overrides and backbones (any task, seed); the fields
+    the grid tuned are not part of it (each task has its own chosen value: the tuning section lists them)."""
+    spec = run.spec
+    options = {k: v for k, v in spec.options.items() if k not in run.tuned}
+    train = {k: v for k, v in spec.train.items() if k not in run.tuned}
+    return (spec.method, json.dumps(options, sort_keys=True), json.dumps(train, sort_keys=True), spec.general,
+            spec.medical)
 
 
 def _method_rank(key: tuple):
@@ -198,14 +201,14 @@ def row_labels(keys: list[tuple]) -> dict[tuple, str]:
 
 
 def sorted_keys(runs: list[Run]) -> list[tuple]:
-    return sorted(ordered(row_key(r.spec) for r in runs), key=_method_rank)
+    return sorted(ordered(row_key(r) for r in runs), key=_method_rank)
 
 
 def by_row_task(runs: list[Run]) -> dict[tuple, dict[str, list[Run]]]:
     out: dict[tuple, dict[str, list[Run]]] = {}
     for r in runs:
         if r.finished:
-            out.setdefault(row_key(r.spec), {}).setdefault(r.spec.task, []).append(r)
+            out.setdefault(row_key(r), {}).setdefault(r.spec.task, []).append(r)
     return out
 
 
@@ -231,7 +234,7 @@ def floors(runs: list[Run]) -> dict[str, float]:
 def expected_seeds(runs: list[Run]) -> int:
     counts: dict[tuple, set] = {}
     for r in runs:
-        counts.setdefault((row_key(r.spec), r.spec.task), set()).add(r.spec.seed)
+        counts.setdefault((row_key(r), r.spec.task), set()).add(r.spec.seed)
     return max((len(v) for v in counts.values()), default=0)
 
 

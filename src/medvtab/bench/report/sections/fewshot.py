@@ -33,7 +33,7 @@ def fewshot_section(bench: Bench, figures_dir: Path) -> Section:
     labels = row_labels(keys)
     tasks = ordered(r.spec.task for r in runs)
     amounts = sorted(ordered(amount(r.spec) for r in runs), key=lambda a: (a[0], a[1]))
-    n_expected = max((len({r.spec.seed for r in runs if row_key(r.spec) == k and r.spec.task == t
+    n_expected = max((len({r.spec.seed for r in runs if row_key(r) == k and r.spec.task == t
                            and amount(r.spec) == a}) for k in keys for t in tasks for a in amounts), default=0)
     rows = []
     curves: dict[str, dict[str, list]] = {}
@@ -41,7 +41,7 @@ def fewshot_section(bench: Bench, figures_dir: Path) -> Section:
         row = [C(labels[k])]
         for t in tasks:
             for a in amounts:
-                vals = [r.metric("accuracy") for r in runs if r.finished and row_key(r.spec) == k
+                vals = [r.metric("accuracy") for r in runs if r.finished and row_key(r) == k
                         and r.spec.task == t and amount(r.spec) == a]
                 cell = pct_cell(vals, n_expected)
                 row.append(cell)

@@ -43,7 +43,7 @@ def main_section(bench: Bench, figures_dir: Path) -> Section:
             if ensembles:  # before the floor row
                 table.rows.insert(-1, [C(ENSEMBLE_LABEL), C("")] + [
                     ensemble_cell(ensembles, t, "accuracy", n_expected, floor.get(t, math.nan)) for t in these])
-            table.notes += floor_notes(runs, these, keys, labels)
+            table.notes += floor_notes(runs, these, keys, labels, bench.tuning)
             section.tables.append(table)
     section.tables.append(balanced_auroc_table(runs, tasks, keys, labels, ensembles))
     section.tables.append(paired_table(runs, keys, labels))
@@ -96,7 +96,7 @@ def paired_table(runs: list[Run], keys: list[tuple], labels: dict) -> Table:
                "Test", "Statistic", "p", "Holm p", "Verdict"]
     if dyn is None:
         return Table("paired-test", title, columns, [], ["No DynaMer runs in group 'main': nothing to test."])
-    acc = {(row_key(r.spec), r.spec.task, r.spec.seed): r.metric("accuracy") for r in runs if r.finished}
+    acc = {(row_key(r), r.spec.task, r.spec.seed): r.metric("accuracy") for r in runs if r.finished}
     results = []
     for k in keys:
         if k == dyn:

@@ -33,7 +33,7 @@ def ood_section(bench: Bench) -> Section:
         n_expected = expected_seeds(these)
         rows = []
         for k in keys:
-            rs = [r for r in these if r.finished and row_key(r.spec) == k]
+            rs = [r for r in these if r.finished and row_key(r) == k]
             row = [C(labels[k]), ratio_cell(rs), _counts(rs, "seen", "patients"), _counts(rs, "seen", "images"),
                    _counts(rs, "unseen", "patients"), _counts(rs, "unseen", "images")]
             for metric in ("accuracy", "auroc"):
