@@ -43,7 +43,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_mini_suite_has_every_group_of_the_report():
     specs = expand_grid(build_suite("mini"))
     groups = Counter(s.group for s in specs)
-    assert groups == {"main": 42, "patient-ood": 15, "fewshot": 12}
+    assert groups == {"main": 42 * 3, "patient-ood": 15 * 3, "fewshot": 12 * 3}  # 3 seeds
     main = [s for s in specs if s.group == "main"]
     assert {s.method for s in main} == set(method_names())
     assert {s.task for s in main} == {"retinamnist", "pneumoniamnist", "breastmnist"}
@@ -53,7 +53,7 @@ def test_mini_suite_has_every_group_of_the_report():
     few = [s for s in specs if s.group == "fewshot"]
     assert {s.train_fraction for s in few} == {0.1, 0.3, 1.0} and all(s.train_size is None for s in few)
     assert len(unique_runs(specs)) == len(specs)
-    assert {s.seed for s in specs} == {0}
+    assert {s.seed for s in specs} == {0, 1, 2}
     budget = build_suite("mini").train  # as overrides: the values equal to TrainConfig's defaults dropped
     assert all(s.train == {k: v for k, v in budget.items() if TrainConfig.model_fields[k].default != v}
                for s in specs)
@@ -62,6 +62,7 @@ def test_mini_suite_has_every_group_of_the_report():
 def test_quick_profile_and_seeds_and_methods_filters():
     quick = expand_grid(build_suite("mini", quick=True))
     assert all(s.train["epochs"] == 1 for s in quick) and len(quick) < len(expand_grid(build_suite("mini")))
+    assert {s.seed for s in quick} == {0}
     three = expand_grid(build_suite("mini"), seeds=3, methods=["linear", "dynamer"])
     assert {s.method for s in three} == {"linear", "dynamer"} and {s.seed for s in three} == {0, 1, 2}
     assert Counter(s.group for s in three) == {"main": 18, "patient-ood": 18, "fewshot": 18}
@@ -217,7 +218,7 @@ def test_dry_run_prints_groups_and_writes_nothing(tmp_path, capsys):
 def test_two_suites_into_one_store_share_runs(tmp_path, capsys):
     code, out, err = cli(capsys, "bench", "--suite", "mini,mini-ablations", "--out", tmp_path / "out", "--dry-run")
     assert code == 0, err
-    assert "(92 runs, 97 specs)" in out  # 69 + 28 specs; the ablations share 4 + 1 (the main table's DynaMer run)
+    assert "(230 runs, 235 specs)" in out  # 207 + 28 specs; the ablations share 4 + 1 (the main table's DynaMer run)
     assert ("[main, ablation-gates, ablation-gate-dim, ablation-gated-layers, ablation-keep-ratio, "
             "ablation-adapter-layers]") in out
 

@@ -225,3 +225,46 @@ def test_grid_yaml(tmp_path_factory, text):
     path = fresh(tmp_path_factory, "grid") / "grid.yaml"
     path.write_text(text, encoding="utf-8", errors="replace")
     outcome("grid yaml", lambda: expand_grid(load_grid_file(path)))
+
+
+@st.composite
+def alias_bombs(draw):
+    """(text, values once expanded): ``levels`` anchors, each a list of ``width`` aliases of the one before, under
+    keys of one mapping; sometimes a recursive alias (infinite)."""
+    levels, width = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    lines, size = ["a0: &a0 [x, y]"], 3
+    total = 1 + 1 + size  # the mapping, then each key and its expanded value
+    for i in range(1, levels + 1):
+        lines.append(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]")
+        size = 1 + width * size
+        total += 1 + size
+    if draw(st.booleans()):
+        lines.append("r: &r [1, *r]")
+        total = float("inf")
+    return "\n".join(lines) + "\n", total
+
+
+@FUZZ
+@given(alias_bombs())
+@example(("a0: &a0 [x, y]\n" + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10)),
+          float("inf")))  # the billion laughs of the issue: nine levels of nine aliases
+def test_yaml_alias_bombs(tmp_path_factory, bomb):
+    """Every YAML a user writes (bench grids, vqa pipeline configs) is read by read_yaml: a document whose aliases
+    expand past MAX_NODES values is refused in one line, fast, before anything is built."""
+    import time
+
+    from medvtab.bench.grid import load_grid_file
+    from medvtab.yaml_files import MAX_NODES
+
+    text, size = bomb
+    path = fresh(tmp_path_factory, "yaml") / "grid.yaml"
+    path.write_text(text)
+    start = time.perf_counter()
+    outcome("yaml alias bomb", lambda: load_grid_file(path))
+    assert time.perf_counter() - start < 5
+    refused = False
+    try:
+        load_grid_file(path)
+    except MedvtabError as err:
+        refused = "aliases expand to more than" in str(err)
+    assert refused == (size > MAX_NODES), (size, text)

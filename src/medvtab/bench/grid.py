@@ -48,7 +48,6 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medvtab.bench.store import RunSpec
@@ -56,6 +55,7 @@ from medvtab.data.protocols import check_protocol
 from medvtab.engine.loop import TrainConfig
 from medvtab.errors import MedvtabError
 from medvtab.methods import make_config, method_names
+from medvtab.yaml_files import read_yaml
 
 GROUP_ORDER = ("main", "patient-ood", "fewshot", "ablation-gates", "ablation-gate-dim",
                "ablation-gated-layers", "ablation-keep-ratio", "ablation-adapter-layers")
@@ -189,21 +189,8 @@ def parse_grid(data: Any, where: str = "grid") -> GridConfig:
 
 
 def load_grid_file(path: Path) -> GridConfig:
-    """Read and validate a YAML grid (``yaml.safe_load`` only: a grid file can never run code)."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise MedvtabError(f"option '--config': {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise MedvtabError(f"option '--config': {path}: unreadable ({err})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise MedvtabError(f"{path}: not valid YAML{at}: {problem}") from None
+    """Read and validate a YAML grid (:func:`medvtab.yaml_files.read_yaml`: no code, no alias bombs)."""
+    data = read_yaml(path, option="--config")
     if data is None:
         raise MedvtabError(f"{path}: empty grid file")
     return parse_grid(data, str(path))

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from importlib import resources
 
-import yaml
-
 from medvtab.bench.grid import GridConfig, parse_grid
 from medvtab.errors import MedvtabError
+from medvtab.yaml_files import read_yaml
 
 SUITES_DIR = resources.files("medvtab").joinpath("assets", "suites")
 QUICK = ".quick.yaml"
@@ -18,7 +17,7 @@ SUITES = tuple(sorted(p.name.removesuffix(".yaml") for p in SUITES_DIR.iterdir()
 
 
 def _read(name: str) -> dict:
-    return yaml.safe_load(SUITES_DIR.joinpath(name).read_text(encoding="utf-8"))
+    return read_yaml(SUITES_DIR.joinpath(name))
 
 
 def with_quick_profile(grid: dict, quick: dict) -> dict:

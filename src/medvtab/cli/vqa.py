@@ -134,20 +134,15 @@ def pipeline(
 ):
     """caption (MedPix) -> vqa (SLAKE train) -> finetune (VQA-RAD train) -> eval (VQA-RAD test)."""
     # imported here, not at the top: keeps CLI start-up fast
-    import yaml
     from pydantic import ValidationError
 
     from medvtab.vqa.pipeline import QUICK, PipelineConfig, merge, run_pipeline
     from medvtab.vqa.train import summary_line
+    from medvtab.yaml_files import read_yaml
 
     raw = {}
     if config is not None:
-        try:
-            raw = yaml.safe_load(config.read_text()) or {}
-        except FileNotFoundError:
-            raise MedvtabError(f"{config}: file not found") from None
-        except yaml.YAMLError as err:
-            raise MedvtabError(f"{config}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raw = read_yaml(config, option="--config") or {}
         if not isinstance(raw, dict):
             raise MedvtabError(f"{config}: expected a mapping of settings at the top level")
     try:
