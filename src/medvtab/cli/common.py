@@ -33,6 +33,19 @@ def loss_progress(description: str):
         yield on_step
 
 
+def epoch_lines(epochs: int):
+    """Where stderr is not a terminal (a scheduler's log, nohup, CI), where no progress bar shows: an ``on_epoch``
+    that prints one plain line per epoch (epoch, training loss, validation score, seconds); else None."""
+    if err_console.is_terminal:
+        return None
+
+    def on_epoch(row: dict) -> None:
+        metric = "val_auroc" if "val_auroc" in row else "val_accuracy"
+        print(f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
+              f"{metric.replace('_', ' ')} {row[metric]:.4f}, {row['seconds']:.1f} s", file=sys.stderr, flush=True)
+    return on_epoch
+
+
 def parse_key_values(pairs: list[str]) -> dict:
     """``key=value`` method options; values parse as JSON (numbers, true/false) or stay strings."""
     options = {}

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from medvtab.cli.common import loss_progress, note, parse_key_values
+from medvtab.cli.common import epoch_lines, loss_progress, note, parse_key_values
 from medvtab.errors import MedvtabError
 
 
@@ -98,7 +98,8 @@ def train(
         metrics = train_run(task, method, general, medical, out, cfg, options, train_size, on_step, on_note=note,
                             protocol=protocol, train_fraction=train_fraction, shots=shots, seen=seen,
                             unseen=unseen, data_root=data_root, run_check=not no_check,
-                            tensorboard=tensorboard, mlflow_uri=mlflow, resume=resume is not None)
+                            tensorboard=tensorboard, mlflow_uri=mlflow, resume=resume is not None,
+                            on_epoch=epoch_lines(epochs))
     if metrics is None:  # another process of a multi-process run: rank 0 reports
         return
     keys = ("task", "task_type", "method", "seed", "protocol", "accuracy", "balanced_accuracy", "macro_f1", "auroc",

@@ -20,6 +20,7 @@ Errors (``CheckReport.ok`` is False, ``medvtab data check`` exits 1):
   share images.
 - ``patients across splits``: a patient id in more than one split, same pairs (only where the splits carry
   ``patient_ids``; a task without them shows this check as skipped).
+- ``tiny splits``: a split with no images at all.
 
 Warnings (reported, ``ok`` stays True):
 
@@ -240,7 +241,10 @@ def _check_classes(data: TaskData, report: CheckReport) -> None:
     report.ran.append("class imbalance")
 
     for name, split in _splits(data).items():
-        if len(split) < MIN_SPLIT_IMAGES:
+        if len(split) == 0:
+            report.findings.append(Finding("tiny splits", "error", f"{name}: no images (training and every "
+                                                                   f"evaluation need at least one)"))
+        elif len(split) < MIN_SPLIT_IMAGES:
             report.findings.append(Finding("tiny splits", "warning",
                                            f"{name}: {_plural(len(split), 'image')} (< {MIN_SPLIT_IMAGES})"))
     for name in [n for n in counts if n != "train"]:

@@ -98,7 +98,7 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
                            "on every reduction); give --batch-size instead")
     writer = fabric is None or fabric.global_rank == 0
     if not writer:  # the other processes train in step, silently
-        on_step, on_note = None, (lambda message: None)
+        on_step, on_note, on_epoch = None, (lambda message: None), None
     chosen = check_protocol(protocol, train_fraction=train_fraction, shots=shots, seen=seen, unseen=unseen,
                             train_size=train_size)
     if train_cfg.lr is None:
@@ -107,6 +107,11 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
     size = max(b.input_size for b in backbones)
     data: TaskData = load_protocol_task(task, chosen, seed=train_cfg.seed, image_size=size, train_size=train_size,
                                         data_root=data_root)
+    empty = [name for name, split in (("train", data.train), ("validation", data.val), ("test", data.test),
+                                      *data.extra_tests.items()) if len(split) == 0]
+    if empty:  # checked even with --no-check: training would end in a crash after its first epoch
+        raise MedvtabError(f"{task}: the {empty[0]} split has no images; training and every evaluation need at "
+                           f"least one")
     warnings = leakage_warnings(data.name, [(b.spec, b.pretrained_on) for b in backbones])
     if run_check:  # the mistakes that ruin medical results stop a run before it starts (--no-check skips)
         report = check_task(data, allow_shared_patients=PROTOCOL_SHARED_PATIENTS[chosen.name])
