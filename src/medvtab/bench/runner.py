@@ -53,7 +53,7 @@ try:
 except ImportError:  # no flock (Windows): claims fall back on the rename race, which is safe but may waste work
     fcntl = None
 
-LOCKS, FAILURES = "locks", "failures"
+LOCKS, FAILURES, UNREADABLE = "locks", "failures", "unreadable"
 TIMING_KEYS = ("train_seconds", "eval_images_per_second", "ms_per_batch")  # differ between identical runs
 # torch CPU threads per run. A grid is many small runs: they scale across processes (--executor ray --workers N)
 # far better than across threads, and on a shared machine two OpenMP threads stall whenever another job holds
@@ -70,6 +70,7 @@ class Outcome:
     seconds: float = 0.0
     metrics: dict | None = None
     error: str | None = None
+    note: str | None = None
 
 
 def failure_path(root: Path, spec: RunSpec) -> Path:
@@ -185,6 +186,18 @@ def record_failure(root: Path, spec: RunSpec, err: BaseException, device: str, s
     return Outcome(spec.run_id(), "failed", seconds, error=message)
 
 
+def set_aside_unreadable(root: Path, spec: RunSpec) -> str | None:
+    """A run directory whose metrics.json cannot be read is moved to ``DIR/unreadable/<run_id>.<time>/`` (kept for
+    a look, out of the store), so that the run is done again; returns a note saying so. Call under the claim."""
+    d = run_dir(root, spec)
+    if not rundir.unreadable_result(d):
+        return None
+    aside = Path(root) / UNREADABLE / f"{spec.run_id()}.{time.strftime('%Y%m%d-%H%M%S')}"
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    d.rename(aside)
+    return f"its metrics.json was unreadable: redone, the old directory kept in {aside}"
+
+
 def run_one(root: str | Path, spec: RunSpec, device: str = "cpu", data_root: str | Path | None = None, *,
             on_step: Callable[[int, int, float], None] | None = None,
             on_epoch: Callable[[dict], bool | None] | None = None) -> Outcome:
@@ -201,6 +214,7 @@ def run_one(root: str | Path, spec: RunSpec, device: str = "cpu", data_root: str
         if is_finished(root, spec):  # finished while we were looking
             return Outcome(spec.run_id(), "skipped")
         remove_staged(root, spec.run_id())
+        note = set_aside_unreadable(root, spec)
         try:
             cfg = TrainConfig(**spec.train, seed=spec.seed, device=device)
             metrics = engine_run.train_run(
@@ -214,7 +228,7 @@ def run_one(root: str | Path, spec: RunSpec, device: str = "cpu", data_root: str
                 return Outcome(spec.run_id(), "skipped", time.perf_counter() - start)
             return record_failure(root, spec, err, device, time.perf_counter() - start)
         failure_path(root, spec).unlink(missing_ok=True)
-        return Outcome(spec.run_id(), "finished", time.perf_counter() - start, metrics=metrics)
+        return Outcome(spec.run_id(), "finished", time.perf_counter() - start, metrics=metrics, note=note)
 
 
 # --- grids ------------------------------------------------------------------------------------------------
@@ -275,7 +289,8 @@ def run_label(spec: RunSpec, outcome: Outcome) -> str:
         text = f"{label}: acc {_num(m, 'accuracy')}, bal {_num(m, 'balanced_accuracy')}, auroc {_num(m, 'auroc')}"
         if isinstance(m.get("unseen"), dict):
             text += f", unseen acc {_num(m['unseen'], 'accuracy')}"
-        return f"{text}, {outcome.seconds:.1f} s  [{outcome.run_id}]"
+        text += f", {outcome.seconds:.1f} s  [{outcome.run_id}]"
+        return text + (f" ({outcome.note})" if outcome.note else "")
     if outcome.status == "failed":
         return f"{label}: FAILED: {outcome.error}"
     if outcome.status == "busy":

@@ -20,7 +20,8 @@ from safetensors.torch import load_file, save_file
 from medvtab.atomic import atomic_write, check_new_dir, staged_dir, write_csv, write_json
 from medvtab.errors import MedvtabError
 
-__all__ = ["CONFIG", "METRICS", "ADAPTER", "LOG", "PREDICTIONS", "CHECKPOINT", "is_finished", "check_new_run_dir",
+__all__ = ["CONFIG", "METRICS", "ADAPTER", "LOG", "PREDICTIONS", "CHECKPOINT", "is_finished", "unreadable_result",
+           "check_new_run_dir",
            "staged_run_dir", "resume_or_clear", "check_resumable", "atomic_write", "write_csv", "write_json",
            "write_tensors", "read_json", "read_tensors", "write_predictions", "read_predictions"]
 
@@ -30,9 +31,19 @@ CHECKPOINT = "checkpoint.pt"  # the training state after the last finished epoch
 
 
 def is_finished(run: Path) -> bool:
-    """A run is finished exactly when its metrics.json exists: the result files are written one by one,
-    atomically, metrics.json last."""
-    return (Path(run) / METRICS).is_file()
+    """A run is finished exactly when its metrics.json exists and holds a JSON object: the result files are
+    written one by one, atomically, metrics.json last. One that cannot be read (a disk error, a hand edit) is not
+    a result (:func:`unreadable_result`)."""
+    try:
+        with open(Path(run) / METRICS, "rb") as f:
+            return isinstance(json.load(f), dict)
+    except (OSError, ValueError):  # missing, unreadable, not JSON or not UTF-8
+        return False
+
+
+def unreadable_result(run: Path) -> bool:
+    """metrics.json is there but is not a result: the run has to be redone."""
+    return (Path(run) / METRICS).is_file() and not is_finished(run)
 
 
 def check_new_run_dir(out: Path) -> None:

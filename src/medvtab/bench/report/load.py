@@ -105,6 +105,10 @@ def load_bench(root: Path) -> Bench:
         runs.append(Run(spec, spec.run_id(), d, metrics, config, tuned))
         ids.add(spec.run_id())
     failures = read_failures(root)
+    for run in runs:  # not a result: listed as failed, the rest rendered
+        if not run.finished and rundir.unreadable_result(run.dir):
+            failures[run.run_id] = {"run_id": run.run_id, "error": f"{run.dir / rundir.METRICS}: unreadable (not a "
+                                    f"JSON object); rerun `medvtab bench` to redo the run", "type": "UnreadableResult"}
     tuning = read_tuning(root)
     trials = {t.get("run_id") for s in (tuning or {}).get("studies", []) for t in s.get("trials", [])}
     extra, staged = [], []
