@@ -3,6 +3,9 @@ methods look like."""
 from __future__ import annotations
 
 import json
+import shlex
+import signal
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -11,6 +14,24 @@ from rich.console import Console
 
 from medvtab.cli.common import epoch_lines, loss_progress, note, parse_key_values
 from medvtab.errors import MedvtabError
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def interrupted(out: Path) -> str:
+    """One line on what an interrupted run kept, and the exact command that goes on from there."""
+    from medvtab.engine import rundir
+
+    if (out / rundir.CHECKPOINT).is_file() and not rundir.is_finished(out):
+        args = ["--resume" if a == "--out" else a.replace("--out=", "--resume=", 1) for a in sys.argv[1:]]
+        return (f"interrupted: the last finished epoch is kept in {out / rundir.CHECKPOINT}; continue with: medvtab "
+                + " ".join(shlex.quote(a) for a in args))
+    if rundir.is_unstarted(out):
+        return (f"interrupted before the first epoch ended: nothing to resume; the same command starts again in "
+                f"{out}")
+    return "interrupted"
 
 
 def train(
@@ -94,12 +115,17 @@ def train(
                       devices=devices, num_nodes=num_nodes, skip_nonfinite=skip_nonfinite,
                       eval_batch_size=eval_batch_size, auto_batch=auto_batch, compile=compile_,
                       grad_checkpointing=grad_checkpointing)
-    with loss_progress(f"{method} on {Path(task).stem}") as on_step:
-        metrics = train_run(task, method, general, medical, out, cfg, options, train_size, on_step, on_note=note,
-                            protocol=protocol, train_fraction=train_fraction, shots=shots, seen=seen,
-                            unseen=unseen, data_root=data_root, run_check=not no_check,
-                            tensorboard=tensorboard, mlflow_uri=mlflow, resume=resume is not None,
-                            on_epoch=epoch_lines(epochs))
+    signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's SIGTERM stops the run as Ctrl-C does
+    try:
+        with loss_progress(f"{method} on {Path(task).stem}") as on_step:
+            metrics = train_run(task, method, general, medical, out, cfg, options, train_size, on_step,
+                                on_note=note, protocol=protocol, train_fraction=train_fraction, shots=shots,
+                                seen=seen, unseen=unseen, data_root=data_root, run_check=not no_check,
+                                tensorboard=tensorboard, mlflow_uri=mlflow, resume=resume is not None,
+                                on_epoch=epoch_lines(epochs))
+    except KeyboardInterrupt:
+        print(interrupted(out), file=sys.stderr, flush=True)
+        raise typer.Exit(130) from None
     if metrics is None:  # another process of a multi-process run: rank 0 reports
         return
     keys = ("task", "task_type", "method", "seed", "protocol", "accuracy", "balanced_accuracy", "macro_f1", "auroc",
@@ -176,8 +202,14 @@ def methods(
     from rich.table import Table
 
     from medvtab.backbones import load_backbone
-    from medvtab.methods import build_model, get_method, make_config, method_names, parameter_counts
-    from medvtab.methods import resolve_backbone_specs
+    from medvtab.methods import (
+        build_model,
+        get_method,
+        make_config,
+        method_names,
+        parameter_counts,
+        resolve_backbone_specs,
+    )
 
     loaded = {}
     rows = {}

@@ -18,11 +18,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from medvtab.atomic import atomic_write, check_new_dir, staged_dir, write_csv, write_json
+from medvtab.data.protocols import SPLITS_FILE
 from medvtab.errors import MedvtabError
 
 __all__ = ["CONFIG", "METRICS", "ADAPTER", "LOG", "PREDICTIONS", "CHECKPOINT", "is_finished", "unreadable_result",
-           "check_new_run_dir",
-           "staged_run_dir", "resume_or_clear", "check_resumable", "atomic_write", "write_csv", "write_json",
+           "is_unstarted", "check_new_run_dir", "staged_run_dir", "resume_or_clear", "check_resumable", "atomic_write", "write_csv", "write_json",
            "write_tensors", "read_json", "read_tensors", "write_predictions", "read_predictions"]
 
 CONFIG, METRICS, ADAPTER, LOG = "config.json", "metrics.json", "adapter.safetensors", "log.csv"
@@ -46,12 +46,21 @@ def unreadable_result(run: Path) -> bool:
     return (Path(run) / METRICS).is_file() and not is_finished(run)
 
 
+def is_unstarted(out: Path) -> bool:
+    """``out`` holds only what a run writes before its first epoch ends (config.json, splits.json): a run stopped
+    then (Ctrl-C, SIGTERM, a non-finite loss) left nothing to resume, and its directory may be reused."""
+    out = Path(out)
+    return out.is_dir() and {p.name for p in out.iterdir()} <= {CONFIG, SPLITS_FILE}
+
+
 def check_new_run_dir(out: Path) -> None:
-    """``out`` may become a run directory: it does not exist, or is empty (an unfinished run is named as such)."""
+    """``out`` may become a run directory: it does not exist, is empty, or holds a run stopped before its first
+    epoch ended (:func:`is_unstarted`: it is started again there); an unfinished run is named as such."""
     out = Path(out)
     if (out / CHECKPOINT).is_file() and not is_finished(out):
         raise MedvtabError(f"{out}: holds an unfinished run; continue it with --resume {out}, or choose a new --out")
-    check_new_dir(out)
+    if not is_unstarted(out):
+        check_new_dir(out)
 
 
 def staged_run_dir(out: Path):
@@ -76,9 +85,12 @@ def check_resumable(out: Path) -> None:
     out = Path(out)
     if is_finished(out):
         raise MedvtabError(f"{out}: this run has finished (metrics.json exists); nothing to resume")
+    if is_unstarted(out):
+        raise MedvtabError(f"{out}: the run was stopped before its first epoch ended, so there is nothing to resume; "
+                           f"run the same command without --resume (it starts again in {out})")
     if not (out / CHECKPOINT).is_file():
-        raise MedvtabError(f"{out}: no {CHECKPOINT} to resume from (the run was stopped before its first epoch "
-                           f"ended, or this is not a run directory); start it again with a new --out")
+        raise MedvtabError(f"{out}: no {CHECKPOINT} to resume from (not a run directory?); start a new run with "
+                           f"--out")
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
