@@ -44,7 +44,9 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def check_new_dir(out: Path) -> None:
     """``out`` may become an output directory: it does not exist, or is empty."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise MedvtabError(f"{out}: is a file, not a directory; choose a new --out")
+    if out.exists() and any(out.iterdir()):
         raise MedvtabError(f"{out}: output directory exists and is not empty; choose a new --out")
 
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from medvtab.errors import MedvtabError
+from medvtab.errors import MedvtabError, first_line
 
 _CONTAINER_KEYS = ("state_dict", "model", "module")
 
@@ -31,8 +31,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise MedvtabError(f"{path}: refused to load: not a plain-tensor checkpoint (corrupt, or it holds "
                            f"Python objects, which medvtab never unpickles)") from None
     except Exception as err:  # noqa: BLE001 - any failure to parse is the file's fault, reported in one line
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise MedvtabError(f"{path}: not a readable checkpoint ({reason[:200]})") from None
+        raise MedvtabError(f"{path}: not a readable checkpoint ({first_line(err)})") from None
     # Training checkpoints often wrap the weights: {"model": {...}} or {"state_dict": {...}}.
     while isinstance(obj, dict) and len(obj) == 1 and next(iter(obj)) in _CONTAINER_KEYS:
         obj = next(iter(obj.values()))

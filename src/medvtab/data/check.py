@@ -54,7 +54,7 @@ from medvtab.data.images import read_image
 from medvtab.data.leakage import image_digest, leak_pairs, official_source
 from medvtab.data.loading import class_folder_files, load_task, resolve_task
 from medvtab.data.taskdata import TaskData
-from medvtab.errors import MedvtabError
+from medvtab.errors import MedvtabError, first_line
 
 SPLITS = ("train", "val", "test")
 IMBALANCE_RATIO = 10.0
@@ -399,7 +399,7 @@ def _decode_all(files: list[Path]) -> list[tuple[Path, str]]:
         except MedvtabError as err:
             bad.append((f, str(err).removeprefix(f"{f}: ")))
         except Exception as err:  # noqa: BLE001 - a decoder failure of any kind is what this check reports
-            bad.append((f, f"{type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}"))
+            bad.append((f, f"{type(err).__name__}: {first_line(err)}"))
     return bad
 
 

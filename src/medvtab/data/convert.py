@@ -48,7 +48,7 @@ from medvtab.data.catalogue import get_task, task_dict
 from medvtab.data.dicom_nifti import DEFAULT_SLICES, DEFAULT_WINDOW, nifti_stem, read_dicom, read_nifti
 from medvtab.data.images import IMAGE_SUFFIXES, grey_to_rgb_if_mixed, read_image, resize
 from medvtab.data.loading import class_folder_files, read_npz
-from medvtab.errors import MedvtabError
+from medvtab.errors import MedvtabError, first_line
 
 LAYOUTS = ("imagefolder", "csv", "npz", "dicom", "nifti")
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -173,6 +173,9 @@ def _pick(header: list[str], given: str | None, candidates, what: str, required:
     for c in candidates:
         if c in lower:
             return lower[c]
+    if required and not header:
+        raise MedvtabError(f"the CSV has no header row to find the {what} column in; add one, or pass "
+                           f"--{what}-column")
     if required:
         raise MedvtabError(f"cannot tell the {what} column among {', '.join(header)}; pass --{what}-column")
     return None
@@ -205,7 +208,7 @@ def _csv(src: Path, size: int, csv_path=None, label_column=None, image_column=No
             header = list(reader.fieldnames or [])
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise MedvtabError(f"{file}: not a readable CSV ({str(err).splitlines()[0][:120]})") from None
+        raise MedvtabError(f"{file}: not a readable CSV ({first_line(err)})") from None
     if not rows:
         raise MedvtabError(f"{file}: no rows")
     image_col = _pick(header, image_column, IMAGE_COLUMNS, "image", True)
@@ -345,7 +348,9 @@ def prepare(task: str, src: str | Path, out: str | Path, *, layout: str | None =
         raise MedvtabError(f"option '--window': width must be positive, got {window[1]}")
     if not src.exists() or (layout != "npz" and not src.is_dir()):
         raise MedvtabError(f"{src}: no such {'file or ' if layout == 'npz' else ''}directory")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise MedvtabError(f"{out}: is a file, not a directory; choose a new --out")
+    if out.exists() and any(out.iterdir()):
         raise MedvtabError(f"{out}: output directory exists and is not empty; choose a new --out")
 
     items, images, policy = READERS[layout](src, image_size, csv_path=csv_path, label_column=label_column,

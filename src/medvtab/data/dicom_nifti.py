@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from medvtab.data.images import minmax_to_uint8, scale_to_uint8
-from medvtab.errors import MedvtabError
+from medvtab.errors import MedvtabError, first_line
 from medvtab.extras import require
 
 DEFAULT_WINDOW = (40.0, 400.0)  # CT soft tissue: centre, width (HU)
@@ -27,7 +27,7 @@ DEFAULT_SLICES = 8
 
 def _why(err: Exception) -> str:
     """An exception's first line, short, for a one-line error."""
-    return str(err).splitlines()[0][:120] if str(err).strip() else type(err).__name__
+    return first_line(err)
 
 
 def read_dicom(path: Path, window: tuple[float, float] = DEFAULT_WINDOW) -> tuple[np.ndarray, str, str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from medvtab.errors import MedvtabError
+from medvtab.errors import MedvtabError, first_line
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
@@ -34,7 +34,7 @@ def read_image(path: Path, size: int) -> np.ndarray:
             grey = img.mode in ("L", "I", "I;16", "F", "1")
             arr = np.asarray(img.convert("L" if grey else "RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise MedvtabError(f"{path}: unreadable image ({str(err).splitlines()[0][:120]})") from None
+        raise MedvtabError(f"{path}: unreadable image ({first_line(err)})") from None
     return resize(arr, size)
 
 

@@ -28,7 +28,7 @@ from medvtab.data.images import IMAGE_SUFFIXES, grey_to_rgb_if_mixed, read_image
 from medvtab.data.manifest import is_prepared, load_prepared
 from medvtab.data.splits import carve_splits, subsample_train
 from medvtab.data.taskdata import Split, TaskData, multilabel_split
-from medvtab.errors import MedvtabError
+from medvtab.errors import MedvtabError, first_line
 
 BUNDLED = {"retinamnist": "retinamnist_28.npz", "pneumoniamnist": "pneumoniamnist_28.npz",
            "breastmnist": "breastmnist_28.npz", "kermany-cxr": "kermany_cxr_28.npz"}
@@ -160,12 +160,15 @@ def _gib(n: int) -> str:
 def read_npz(path: Path) -> dict:
     """The ``.npz`` as parts: ``train`` / ``val`` / ``test`` splits or a ``pool``, plus ``class_names`` where
     given (the two layouts of the module docstring). Every ``.npz`` medvtab reads goes through here."""
+    if Path(path).is_file() and not zipfile.is_zipfile(path):  # np.load would call it pickled data
+        raise MedvtabError(f"{path}: not an .npz file (an .npz is a zip archive of .npy arrays, as numpy.savez "
+                           f"writes)")
     check_npz_sizes(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise MedvtabError(f"{path}: not a readable .npz file ({str(err).splitlines()[0][:120]})") from None
+        raise MedvtabError(f"{path}: not a readable .npz file ({first_line(err)})") from None
     split_keys = [k for k in arrays if k.split("_", 1)[0] in ("train", "val", "test")]
     if not split_keys and "images" in arrays and "labels" in arrays:  # pooled layout
         pool = _check_split("", arrays["images"], arrays["labels"], str(path), arrays.get("patient_ids"))

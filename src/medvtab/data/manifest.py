@@ -29,7 +29,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medvtab.data.taskdata import Split, multilabel_split
-from medvtab.errors import MedvtabError
+from medvtab.errors import MedvtabError, first_line
 
 TASK_JSON = "task.json"
 MANIFEST = "manifest.csv"
@@ -86,7 +86,7 @@ def read_meta(path: Path) -> dict:
         with open(file) as f:
             meta = json.load(f)
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise MedvtabError(f"{file}: not readable JSON ({str(err).splitlines()[0][:120]})") from None
+        raise MedvtabError(f"{file}: not readable JSON ({first_line(err)})") from None
     if not isinstance(meta, dict):
         raise MedvtabError(f"{file}: expected a JSON object (not a prepared directory?)")
     try:
@@ -108,7 +108,7 @@ def read_manifest(path: Path) -> list[dict]:
                 raise MedvtabError(f"{file}: missing column(s) {', '.join(missing)}")
             return list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise MedvtabError(f"{file}: not a readable CSV ({str(err).splitlines()[0][:120]})") from None
+        raise MedvtabError(f"{file}: not a readable CSV ({first_line(err)})") from None
 
 
 def _multilabel_rows(path: Path, rows: list[dict], width: int) -> np.ndarray:
@@ -132,7 +132,7 @@ def load_prepared(path: Path):
     try:
         images = np.load(npy, mmap_mode="r")
     except (OSError, ValueError) as err:
-        raise MedvtabError(f"{npy}: not a readable .npy file ({str(err).splitlines()[0][:120]})") from None
+        raise MedvtabError(f"{npy}: not a readable .npy file ({first_line(err)})") from None
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise MedvtabError(f"{npy}: expected uint8 (N, H, W, 1|3), got {images.dtype} {images.shape}")
     if len(images) != len(rows):

@@ -21,6 +21,7 @@ from torch import nn
 
 from medvtab.backbones import Backbone
 from medvtab.engine.precision import autocast
+from medvtab.errors import first_line
 
 
 def set_grad_checkpointing(model: nn.Module, on: bool) -> int:
@@ -35,9 +36,9 @@ def set_grad_checkpointing(model: nn.Module, on: bool) -> int:
 
 
 def failure_reason(err: BaseException) -> str:
-    """One line naming an exception: its type and the first line of its message (at most 200 characters)."""
-    message = (str(err).strip().splitlines() or [""])[0][:200]
-    return f"{type(err).__name__}: {message}" if message else type(err).__name__
+    """One line naming an exception: its type and the first line of its message (cut at a word, about 200
+    characters)."""
+    return f"{type(err).__name__}: {first_line(err, 200)}"
 
 
 def compile_with_fallback(fn: Callable, probe: Callable[[Callable], object] | None = None

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from medvtab.atomic import atomic_write, check_new_dir, staged_dir, write_csv, write_json
 from medvtab.data.protocols import SPLITS_FILE
-from medvtab.errors import MedvtabError
+from medvtab.errors import MedvtabError, first_line
 
 __all__ = ["CONFIG", "METRICS", "ADAPTER", "LOG", "PREDICTIONS", "CHECKPOINT", "is_finished", "unreadable_result",
            "is_unstarted", "check_new_run_dir", "staged_run_dir", "resume_or_clear", "check_resumable", "atomic_write", "write_csv", "write_json",
@@ -113,7 +113,7 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise MedvtabError(f"{path}: not found (is this a medvtab run directory?)") from None
     except Exception as err:  # noqa: BLE001 - safetensors raises several types for corrupt files
-        raise MedvtabError(f"{path}: not a readable safetensors file ({str(err)[:120]})") from None
+        raise MedvtabError(f"{path}: not a readable safetensors file ({first_line(err)})") from None
 
 
 
@@ -140,4 +140,4 @@ def read_predictions(path: Path) -> dict[str, np.ndarray]:
     except FileNotFoundError:
         raise MedvtabError(f"{path}: not found (a run finished before predictions were stored?)") from None
     except (OSError, ValueError) as err:  # not a zip, a torn file, or an object array
-        raise MedvtabError(f"{path}: not a readable predictions file ({str(err)[:120]})") from None
+        raise MedvtabError(f"{path}: not a readable predictions file ({first_line(err)})") from None

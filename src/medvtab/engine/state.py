@@ -29,6 +29,17 @@ def cpu_copy(state):
     return state
 
 
+def differing_fields(a, b, prefix: str = "") -> list[str]:
+    """Dotted names of the fields where two nested dicts differ (``train.lr``, ``method_config.keep_ratio``)."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [prefix] if a != b and prefix else []
+    out = []
+    for key in sorted(set(a) | set(b), key=str):
+        name = f"{prefix}.{key}" if prefix else str(key)
+        out += differing_fields(a.get(key), b.get(key), name) if key in a and key in b else [name]
+    return out
+
+
 @dataclass
 class TrainState:
     """The live training state of a run (the model's trainable weights, the optimizer, the schedule, the random
@@ -108,7 +119,7 @@ class TrainState:
         batch size does not change the result: the smaller of this run's and the saved one is used."""
         if saved["fingerprint"] != self.fingerprint:
             theirs, ours = saved["fingerprint"] or {}, self.fingerprint or {}
-            differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+            differ = differing_fields(theirs, ours)
             raise MedvtabError(f"option '--resume': the checkpoint was written by a different run (differs in: "
                                f"{', '.join(differ) or 'everything'}); resume with the same options")
         self.batches.train = saved["batch_size"]  # as reduced by --auto-batch

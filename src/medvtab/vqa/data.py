@@ -35,7 +35,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from medvtab.data.loading import shared_root
-from medvtab.errors import MedvtabError
+from medvtab.errors import MedvtabError, first_line
 from medvtab.vqa.metrics import normalize_answer
 
 log = logging.getLogger(__name__)
@@ -411,7 +411,7 @@ def load_image(path: Path, size: int) -> torch.Tensor:
         with Image.open(path) as img:
             rgb = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise MedvtabError(f"{path}: unreadable image ({str(err).splitlines()[0][:120]})") from None
+        raise MedvtabError(f"{path}: unreadable image ({first_line(err)})") from None
     return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 

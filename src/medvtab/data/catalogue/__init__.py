@@ -56,7 +56,7 @@ def get_task(name: str) -> TaskInfo:
     close = difflib.get_close_matches(key, list(TASKS), n=3, cutoff=0.6)
     close += [n for n in TASKS if key and key in n and n not in close][: max(0, 3 - len(close))]
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else \
-        f"; known benchmarks: {', '.join(BENCHMARKS)} (list them with list_tasks())"
+        f"; known benchmarks: {', '.join(BENCHMARKS)} (list them with `medvtab data list`)"
     raise MedvtabError(f"unknown task '{name}'{hint}")
 
 
