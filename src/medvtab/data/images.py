@@ -5,6 +5,7 @@ grey to RGB where a set mixes both. DICOM and NIfTI files are decoded in :mod:`m
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +27,26 @@ def resize(arr: np.ndarray, size: int) -> np.ndarray:
     return out[..., None] if out.ndim == 2 else out
 
 
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's own bomb limit (~89 M pixels), where it would only warn
+
+
 def read_image(path: Path, size: int) -> np.ndarray:
-    """An image file decoded as grey (grey modes) or RGB (the rest), resized to ``size`` square."""
+    """An image file decoded as grey (grey modes) or RGB (the rest), resized to ``size`` square. An image whose
+    header declares more than :data:`MAX_PIXELS` pixels is refused before it is decoded (a decompression bomb)."""
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # Pillow warns in the band this refuses anyway
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise MedvtabError(f"{path}: image of {width} x {height} pixels refused (more than {MAX_PIXELS:,} "
+                                   f"pixels); downscale it first")
             img.load()
             grey = img.mode in ("L", "I", "I;16", "F", "1")
             arr = np.asarray(img.convert("L" if grey else "RGB"), dtype=np.uint8)
+    except Image.DecompressionBombError as err:  # Pillow refuses at open above twice its limit
+        raise MedvtabError(f"{path}: image refused, too large ({first_line(err)})") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise MedvtabError(f"{path}: unreadable image ({first_line(err)})") from None
     return resize(arr, size)

@@ -410,6 +410,8 @@ def load_image(path: Path, size: int) -> torch.Tensor:
     try:
         with Image.open(path) as img:
             rgb = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    except Image.DecompressionBombError as err:  # Pillow refuses at open above twice its limit
+        raise MedvtabError(f"{path}: image refused, too large ({first_line(err)})") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise MedvtabError(f"{path}: unreadable image ({first_line(err)})") from None
     return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
