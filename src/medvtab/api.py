@@ -20,7 +20,7 @@ from pathlib import Path
 from torch import nn
 
 import medvtab
-from medvtab.backbones import Backbone, load_backbone
+from medvtab.backbones import Backbone, load_backbone, refuse_download
 from medvtab.backbones.timm_any import from_model
 from medvtab.data import Split, load_task
 from medvtab.engine import rundir
@@ -136,13 +136,17 @@ def save(model: AdaptedModel, run_dir: str | Path, *, class_names: list[str] | N
     return run_dir
 
 
-def load(run_dir: str | Path, *, general=None, medical=None) -> AdaptedModel:
+def load(run_dir: str | Path, *, general=None, medical=None, allow_download: bool = False) -> AdaptedModel:
     """The model :func:`save` (or `medvtab train`) wrote to ``run_dir``, in eval mode. Its backbones are rebuilt
-    from their specs; one that was a Python object must be passed again (``general=``, ``medical=``)."""
+    from their specs; one that was a Python object must be passed again (``general=``, ``medical=``). A spec whose
+    weights would come from a hub is an error unless ``allow_download`` (loading never uses the network unasked)."""
     run_dir = Path(run_dir)
     config, (method, options, general_spec, medical_spec, num_classes, seed) = read_run_config(run_dir)
     general = general_spec if general is None else general
     medical = medical_spec if medical is None else medical
+    for spec in (general, medical):
+        if isinstance(spec, str) and not allow_download:
+            refuse_download(spec)
     model = create_model(method, general, medical, num_classes=num_classes, seed=seed, **options)
     model.load_trainable_state_dict(rundir.read_tensors(run_dir / rundir.ADAPTER), str(run_dir / rundir.ADAPTER))
     model.recipe.task_type = config.get("task_type", "multi-class")

@@ -26,9 +26,21 @@ def list_backbones() -> list[str]:
             + [f"random:{name}" for name in random_init.LAYOUTS])
 
 
-def load_backbone(spec: str, *, img_size: int | None = None, depth: int | None = None) -> Backbone:
+def refuse_download(spec: str) -> None:
+    """A MedvtabError where ``spec``'s weights would be downloaded (``timm:NAME`` without a local file)."""
+    if spec.startswith("timm:") and "@" not in spec:
+        raise MedvtabError(f"{spec}: its weights would be downloaded from the hub, and loading a run never "
+                           f"downloads unless asked: pass --allow-download, or give a local file ({spec}@FILE)")
+
+
+def load_backbone(spec: str, *, img_size: int | None = None, depth: int | None = None,
+                  allow_download: bool = True) -> Backbone:
     """Build a frozen backbone from its spec. ``img_size`` overrides the default input size; ``depth``
-    builds a depth-reduced variant (for tests) whose checkpoint must hold exactly that many blocks."""
+    builds a depth-reduced variant (for tests) whose checkpoint must hold exactly that many blocks.
+    ``allow_download=False``: a spec whose weights would come from a hub (``timm:NAME``) is an error instead
+    (loading a run directory never reaches the network unless asked)."""
+    if not allow_download:
+        refuse_download(spec)
     name, _, file = spec.partition("@")
     file = file or None
     if name.startswith("timm:"):
@@ -45,4 +57,5 @@ def load_backbone(spec: str, *, img_size: int | None = None, depth: int | None =
     return builder(name, file, spec=spec, img_size=img_size, depth=depth)
 
 
-__all__ = ["Backbone", "BackboneInfo", "PairAlignment", "check_alignment", "list_backbones", "load_backbone"]
+__all__ = ["Backbone", "BackboneInfo", "PairAlignment", "check_alignment", "list_backbones", "load_backbone",
+           "refuse_download"]

@@ -139,6 +139,9 @@ def train(
 def predict(
     run: Path = typer.Option(..., help="A run directory written by `medvtab train`."),
     images: List[Path] = typer.Argument(..., help="Image files (PNG, JPEG, ...)."),
+    allow_download: bool = typer.Option(False, "--allow-download",
+                                        help="Let a backbone of the run (a timm:NAME spec) download its weights "
+                                             "from the hub; without it, loading a run never uses the network."),
 ):
     """Print class probabilities for each image, one JSON object per line (multi-label: per-label
     probabilities, and every label at or above 0.5 as the prediction)."""
@@ -151,7 +154,7 @@ def predict(
     from medvtab.engine.metrics import THRESHOLD
     from medvtab.engine.run import load_run
 
-    model, config, class_names = load_run(run)
+    model, config, class_names = load_run(run, allow_download=allow_download)
     size = max(b["input_size"] for b in config["backbones"])
     for path in images:
         arr = read_image(path, size)

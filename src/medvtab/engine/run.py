@@ -29,11 +29,12 @@ from medvtab.methods import (build_model, get_method, make_config, parameter_cou
                              resolve_backbone_specs)
 
 
-def prepare(method: str, options: dict, general_spec: str, medical_spec: str | None):
+def prepare(method: str, options: dict, general_spec: str, medical_spec: str | None, *,
+            allow_download: bool = True):
     """Validated method config and the backbones the method runs on (only those are loaded)."""
     config = make_config(method, options)
     specs = resolve_backbone_specs(method, config, general_spec, medical_spec)
-    return config, [load_backbone(spec) for spec in specs]
+    return config, [load_backbone(spec, allow_download=allow_download) for spec in specs]
 
 
 SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
@@ -252,12 +253,13 @@ def read_run_config(run: Path) -> tuple[dict, tuple]:
         raise MedvtabError(f"{Path(run) / rundir.CONFIG}: missing field {err}") from None
 
 
-def load_run(run: Path):
-    """Rebuild a trained model from its run directory: same backbones, trained weights loaded."""
+def load_run(run: Path, *, allow_download: bool = False):
+    """Rebuild a trained model from its run directory: same backbones, trained weights loaded. A backbone whose
+    weights would come from a hub is an error unless ``allow_download`` (a run directory may have been edited)."""
     config, (method, options, general_spec, medical_spec, num_classes, seed) = read_run_config(run)
     if "class_names" not in config:
         raise MedvtabError(f"{run / rundir.CONFIG}: missing field 'class_names'")
-    method_config, backbones = prepare(method, options, general_spec, medical_spec)
+    method_config, backbones = prepare(method, options, general_spec, medical_spec, allow_download=allow_download)
     seed_everything(seed)
     model = build_model(method, method_config, backbones[0], backbones[1] if len(backbones) > 1 else None,
                         num_classes)
