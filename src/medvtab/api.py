@@ -20,6 +20,7 @@ from pathlib import Path
 from torch import nn
 
 import medvtab
+from medvtab.atomic import make_output_dir
 from medvtab.backbones import Backbone, load_backbone, refuse_download
 from medvtab.backbones.timm_any import from_model
 from medvtab.data import Split, load_task
@@ -130,7 +131,7 @@ def save(model: AdaptedModel, run_dir: str | Path, *, class_names: list[str] | N
               "method_config": recipe.method_config, "general": recipe.general, "medical": recipe.medical,
               "backbones": recipe.backbones, "num_classes": recipe.num_classes, "class_names": names,
               "task_type": recipe.task_type, "train": {"seed": recipe.seed}}
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_output_dir(run_dir)
     rundir.write_json(run_dir / rundir.CONFIG, config)
     rundir.write_tensors(run_dir / rundir.ADAPTER, model.trainable_state_dict())
     return run_dir

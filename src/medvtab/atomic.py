@@ -3,6 +3,7 @@ directory renamed into place, so a failure or a kill leaves either nothing or th
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import shutil
@@ -13,16 +14,53 @@ from pathlib import Path
 from medvtab.errors import MedvtabError
 
 
+CAUSES = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system",
+          errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.EDQUOT: "disk quota exceeded",
+          errno.ENOTDIR: "a parent is a file, not a directory", errno.EISDIR: "is a directory",
+          errno.EEXIST: "exists and is not a directory"}
+FULL = 1 << 20  # bytes free below which a failed write is put down to a full disk
+
+
+def cannot_write(path: Path, err: OSError) -> MedvtabError:
+    """One line naming the path and why it cannot be written."""
+    return MedvtabError(f"{path}: cannot write: {CAUSES.get(err.errno, err.strerror or type(err).__name__)}")
+
+
 def atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """``write(tmp)`` a temporary sibling of ``path``, then rename it into place; an unwritable place (read-only,
+    full, not a directory) is a :class:`MedvtabError` naming the path and the cause, and no temporary is left."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise cannot_write(path, err) from None
     os.close(fd)
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise cannot_write(path, err) from None
+    except RuntimeError:  # torch.save reports a full disk as "[enforce fail ...] unexpected pos"
+        full = shutil.disk_usage(path.parent).free < FULL
+        Path(tmp).unlink(missing_ok=True)
+        if full:
+            raise cannot_write(path, OSError(errno.ENOSPC, "No space left on device")) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def make_output_dir(out: Path) -> None:
+    """Create the output directory ``out`` (and its parents); a file in its place, a read-only or full file system
+    is a :class:`MedvtabError` naming the path and the cause."""
+    if out.exists() and not out.is_dir():
+        raise MedvtabError(f"{out}: is a file, not a directory; choose a new --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise cannot_write(out, err) from None
 
 
 def write_json(path: Path, obj) -> None:

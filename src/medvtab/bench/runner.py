@@ -37,7 +37,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from medvtab.atomic import write_json
+from medvtab.atomic import make_output_dir, write_json
 from medvtab.backbones import load_backbone
 from medvtab.bench.executors import check_executor, map_jobs
 from medvtab.bench.grid import describe, execution_order, unique_runs
@@ -312,8 +312,7 @@ def run_grid(root: Path, specs: list[RunSpec], *, suite: str, device: str = "cpu
     root = Path(root).resolve()
     start = time.perf_counter()
     preflight(execution_order(unique_runs(specs)), data_root, backbones=executor != "ray" or address is None)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / RUNS).mkdir(exist_ok=True)
+    make_output_dir(root / RUNS)
     if tuning is not None:
         from medvtab.bench.tune import tune_grid  # imported here: tune imports this module
         specs = tune_grid(root, specs, tuning, device=device, data_root=data_root, executor=executor, workers=workers,

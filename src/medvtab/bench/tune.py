@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medvtab.atomic import write_json
+from medvtab.atomic import make_output_dir, write_json
 from medvtab.bench.executors import map_jobs
 from medvtab.bench.grid import GridConfig, TuneConfig, swept_options, train_overrides
 from medvtab.bench.runner import run_one
@@ -292,7 +292,7 @@ def tune_grid(root: Path, specs: list[RunSpec], tuning: Tuning, *, device: str =
     before its final runs (a MedvtabError; rerunning resumes it); a study none of whose trials completed leaves
     its key at the defaults."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    make_output_dir(root)
     studies = plan_studies(root, specs, tuning)
     say = console.print if console is not None else (lambda *a, **k: None)
     say(f"tune: {len(studies)} studies of {len(next(iter(studies.values())).points()) if studies else 0} trials "

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from medvtab.atomic import CAUSES
 from medvtab.errors import MedvtabError
 
 err_console = Console(stderr=True)
@@ -66,6 +67,12 @@ def run_with_one_line_errors(app: typer.Typer) -> None:
         app(standalone_mode=True)
     except MedvtabError as err:
         err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as err:  # the file system refused (read-only, full, a file in the way): the user's to fix
+        if err.errno not in CAUSES:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        err_console.print(f"error: {where}{CAUSES[err.errno]}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted", markup=False)

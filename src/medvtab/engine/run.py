@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 
 import medvtab
+from medvtab.atomic import make_output_dir
 from medvtab.backbones import load_backbone
 from medvtab.data import Split, TaskData
 from medvtab.data.protocols import SPLITS_FILE, check_protocol, load_protocol_task, splits_record
@@ -149,7 +150,7 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
     tracker = Tracker(None if tensorboard is None else Path(tensorboard) / out.name, mlflow_uri,
                       run_name=out.name) if writer and (tensorboard or mlflow_uri) else None
     if writer:
-        out.mkdir(parents=True, exist_ok=True)
+        make_output_dir(out)
         rundir.write_json(out / rundir.CONFIG, run_config)
         rundir.write_json(out / SPLITS_FILE, splits)
     try:

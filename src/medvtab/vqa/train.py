@@ -19,7 +19,7 @@ from typing import Callable, Literal, Optional
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from medvtab.atomic import atomic_write, write_csv, write_json
+from medvtab.atomic import atomic_write, make_output_dir, write_csv, write_json
 from medvtab.engine.distributed import launch as launch_fabric
 from medvtab.engine.loop import seed_everything
 from medvtab.engine.precision import autocast
@@ -404,7 +404,7 @@ def evaluate(run: Path, data: str, split: str = "test", *, closed_candidates: bo
     rows_out = [{"qid": i.qid, "question": i.question, "answer_type": i.answer_type, "gold": i.answer,
                  "prediction": p, "correct": normalize_answer(p) == normalize_answer(i.answer)}
                 for i, p in zip(test, predictions)]
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out)
     atomic_write(out / ANSWERS, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in rows_out)))
     write_json(out / METRICS, metrics)
     return metrics

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from medvtab.atomic import atomic_write
+from medvtab.atomic import atomic_write, make_output_dir
 from medvtab.bench.report.load import Bench, load_bench
 from medvtab.bench.report.render_html import render_html
 from medvtab.bench.report.render_md import render_markdown
@@ -54,7 +54,7 @@ def write_report(root: Path, out: Path | None = None, *, attention: bool = True)
         raise MedvtabError(f"{html_path}: is a directory; --out names the HTML file to write")
     md_path = html_path.with_suffix(".md")
     figures_dir = html_path.parent / "figures"
-    figures_dir.mkdir(parents=True, exist_ok=True)
+    make_output_dir(figures_dir)
     report = build_report(bench, figures_dir, out=html_path, attention=attention)
     made = report.figures()
     for name in FIGURE_NAMES:  # figures of an earlier report that this one no longer draws
