@@ -10,7 +10,6 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-import torch
 
 from medvtab.atomic import atomic_write, write_json
 from medvtab.errors import MedvtabError
