@@ -268,3 +268,81 @@ def test_yaml_alias_bombs(tmp_path_factory, bomb):
     except MedvtabError as err:
         refused = "aliases expand to more than" in str(err)
     assert refused == (size > MAX_NODES), (size, text)
+
+
+@FUZZ
+@given(st.lists(st.integers(0, 10**10), min_size=1, max_size=4), st.sampled_from(["train_images", "train_labels"]),
+       st.sampled_from(["|u1", "<i8", "<f4"]))
+@example([10**9, 28, 28], "train_images", "|u1")  # the issue's 730 GiB header
+def test_npz_with_huge_declared_shapes(tmp_path_factory, shape, key, dtype):
+    """A valid .npz whose one array's header declares ``shape`` over a few bytes of data: refused or read, fast,
+    never an allocation of what the header declares."""
+    import time
+
+    from medvtab.data.loading import read_npz
+
+    header = "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }" % (
+        dtype, ", ".join(map(str, shape)) + ("," if len(shape) == 1 else ""))
+    header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
+    member = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + b"\0" * 64
+    path = fresh(tmp_path_factory, "npzshape") / "task.npz"
+    other = "train_labels" if key == "train_images" else "train_images"
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((2,) + ((28, 28) if other == "train_images" else ()), np.uint8 if other ==
+                          "train_images" else np.int64))
+    path.write_bytes(_zip_bytes({f"{key}.npy": member, f"{other}.npy": buf.getvalue()}))
+    start = time.perf_counter()
+    outcome("npz huge declared shape", lambda: read_npz(path))
+    assert time.perf_counter() - start < 5
+
+
+@FUZZ
+@given(st.integers(1, 60000), st.integers(1, 60000), st.sampled_from([0, 2]))
+@example(30000, 30000, 0)
+def test_image_bombs(tmp_path_factory, width, height, colour):
+    """A PNG header declaring ``width x height`` pixels over a few compressed rows: decoded when small, refused
+    when huge, always fast and always in one line."""
+    import struct
+    import time
+    import zlib
+
+    from medvtab.data.images import read_image
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    row = b"\0" * (1 + width * (3 if colour == 2 else 1))
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(row * min(height, 4))) + chunk(b"IEND", b""))
+    path = fresh(tmp_path_factory, "bomb") / "scan.png"
+    path.write_bytes(png)
+    start = time.perf_counter()
+    outcome("image bomb", lambda: read_image(path, 28))
+    assert time.perf_counter() - start < 10
+
+
+@FUZZ
+@given(st.sampled_from(["int32", "int64", "uint8", "bool", "float16", "bfloat16", "float32"]),
+       st.sampled_from(["none", "nan", "inf"]))
+def test_checkpoint_dtypes_and_values(tmp_path_factory, dtype, poison):
+    """The bundled expert's weights re-saved in another dtype, with a NaN or an infinity planted: loaded when
+    floating and finite, refused in one line naming a key otherwise."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from medvtab.backbones import load_backbone, tiny
+
+    weights = load_file(str(tiny.bundled_weights("tiny-general")))
+    weights = {k: v.to(getattr(torch, dtype)) for k, v in weights.items()}
+    key = sorted(weights)[len(weights) // 2]
+    if poison != "none" and weights[key].is_floating_point():
+        weights[key].view(-1)[0] = float(poison)
+    path = fresh(tmp_path_factory, "dtype") / "w.safetensors"
+    save_file(weights, str(path))
+    bad = not weights[key].is_floating_point() or poison != "none"
+    try:
+        outcome("checkpoint dtype", lambda: load_backbone(f"tiny-general@{path}"))
+        load_backbone(f"tiny-general@{path}")
+        refused = False
+    except MedvtabError as err:
+        refused = "key '" in str(err)
+    assert refused == bad, (dtype, poison)
