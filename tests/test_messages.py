@@ -42,3 +42,10 @@ def test_unknown_task_hint_is_a_command():
     with pytest.raises(MedvtabError) as err:
         get_task("zzzzzzzz")
     assert "medvtab data list" in str(err.value) and "list_tasks()" not in str(err.value)
+
+
+def test_bundled_tasks_carry_the_registrys_class_names():
+    from medvtab.data.loading import load_task
+
+    assert load_task("pneumoniamnist", image_size=28).class_names == ["normal", "pneumonia"]
+    assert load_task("breastmnist", image_size=28).class_names == ["malignant", "normal, benign"]

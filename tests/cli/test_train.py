@@ -157,7 +157,7 @@ def test_train_stdout_summary_and_stderr_notes(trained):
 def test_train_config_and_log(trained):
     c = trained.config
     assert (c["method"], c["general"], c["medical"]) == ("dynamer", "tiny-general", "tiny-medical")
-    assert c["num_classes"] == 2 and c["class_names"] == ["0", "1"]
+    assert c["num_classes"] == 2 and c["class_names"] == ["normal", "pneumonia"]  # the registry's names
     assert c["train"]["seed"] == 0 and c["train"]["epochs"] == 1 and c["train_size"] == 64
     log = (trained.dir / "log.csv").read_text().splitlines()
     assert log[0] == "epoch,train_loss,val_loss,val_accuracy,lr,seconds"
@@ -196,7 +196,7 @@ def test_predict_prints_one_json_line_per_image(trained, two_test_images):
     for line, path, want in zip(lines, paths, expected):
         row = json.loads(line)
         assert row["image"] == str(path)
-        assert list(row["probabilities"]) == class_names == ["0", "1"]
+        assert list(row["probabilities"]) == class_names == ["normal", "pneumonia"]
         got = np.array([row["probabilities"][c] for c in class_names])
         assert got.sum() == pytest.approx(1.0, abs=1e-5)
         assert row["prediction"] == class_names[int(want.argmax())]

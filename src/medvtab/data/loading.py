@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medvtab.data.catalogue import get_task
 from medvtab.data.images import IMAGE_SUFFIXES, grey_to_rgb_if_mixed, read_image
 from medvtab.data.manifest import is_prepared, load_prepared
 from medvtab.data.splits import carve_splits, subsample_train
@@ -68,6 +69,12 @@ def _registered_name(task: str) -> str | None:
         return None
     key = re.sub(r"[\s_/]+", "-", task.strip().lower())
     return key if key in REAL_SETS or key in BUNDLED else None
+
+
+def registered_class_names(task: str) -> list[str] | None:
+    """The class names the task registry publishes for a bundled or registered set (its files carry none)."""
+    key = _registered_name(task)
+    return get_task(key).class_names if key is not None else None
 
 
 def resolve_task(task: str, data_root: str | Path | None = None) -> tuple[Path, str]:
@@ -278,7 +285,7 @@ def load_task(task: str, *, seed: int = 0, image_size: int = 224, train_size: in
             parts[split_name].index = np.arange(offset, offset + n)
             pool_sizes[split_name] = n
             offset += n
-    class_names = parts.pop("class_names", None)
+    class_names = parts.pop("class_names", None) or registered_class_names(task)
     num_classes = _label_range(path, parts, class_names)
     train, val, test, notes = carve_splits(parts, seed, path)
     if len(train) == 0:
