@@ -122,7 +122,7 @@ def test_bad_input_exits_2_with_one_line(run_medvtab, case, tmp_path):
     out = tmp_path / "expert.safetensors"
     variant = "tiny-medical"
     expect = {"missing": "no such file", "no_train_images": "expected keys 'train_images' and 'train_labels'",
-              "not_npz": "not a readable .npz", "bad_variant": "option '--variant'",
+              "not_npz": "not an .npz file", "bad_variant": "option '--variant'",
               "bad_suffix": "must be a .safetensors file", "grey_float": "'train_images' must be uint8"}[case]
     if case == "no_train_images":
         np.savez(data, images=np.zeros((4, 28, 28), np.uint8), labels=np.zeros(4, np.uint8))
