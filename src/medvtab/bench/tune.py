@@ -152,8 +152,7 @@ def _point(values: dict, space: dict) -> tuple:
 
 
 def _finished_metrics(root: Path, spec: RunSpec) -> dict | None:
-    d = run_dir(root, spec)
-    return rundir.read_json(d / rundir.METRICS) if rundir.is_finished(d) else None
+    return rundir.read_result(run_dir(root, spec))
 
 
 def run_study(root: str | Path, study: StudySpec, device: str = "cpu",

@@ -21,7 +21,7 @@ from medvtab.atomic import atomic_write, check_new_dir, staged_dir, write_csv, w
 from medvtab.data.protocols import SPLITS_FILE
 from medvtab.errors import MedvtabError, first_line
 
-__all__ = ["CONFIG", "METRICS", "ADAPTER", "LOG", "PREDICTIONS", "CHECKPOINT", "is_finished", "unreadable_result",
+__all__ = ["CONFIG", "METRICS", "ADAPTER", "LOG", "PREDICTIONS", "CHECKPOINT", "read_result", "is_finished", "unreadable_result",
            "is_unstarted", "check_new_run_dir", "staged_run_dir", "resume_or_clear", "check_resumable", "atomic_write", "write_csv", "write_json",
            "write_tensors", "read_json", "read_tensors", "write_predictions", "read_predictions"]
 
@@ -30,15 +30,20 @@ PREDICTIONS = "predictions.npz"
 CHECKPOINT = "checkpoint.pt"  # the training state after the last finished epoch (removed once the run is done)
 
 
-def is_finished(run: Path) -> bool:
-    """A run is finished exactly when its metrics.json exists and holds a JSON object: the result files are
-    written one by one, atomically, metrics.json last. One that cannot be read (a disk error, a hand edit) is not
-    a result (:func:`unreadable_result`)."""
+def read_result(run: Path) -> dict | None:
+    """The run's metrics.json if it is finished, else None. A run is finished exactly when its metrics.json exists
+    and holds a JSON object: the result files are written one by one, atomically, metrics.json last. One that
+    cannot be read (a disk error, a hand edit) is not a result (:func:`unreadable_result`)."""
     try:
         with open(Path(run) / METRICS, "rb") as f:
-            return isinstance(json.load(f), dict)
+            metrics = json.load(f)
     except (OSError, ValueError):  # missing, unreadable, not JSON or not UTF-8
-        return False
+        return None
+    return metrics if isinstance(metrics, dict) else None
+
+
+def is_finished(run: Path) -> bool:
+    return read_result(run) is not None
 
 
 def unreadable_result(run: Path) -> bool:

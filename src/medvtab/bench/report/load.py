@@ -98,9 +98,9 @@ def load_bench(root: Path) -> Bench:
     runs, ids = [], set()
     for spec in specs:
         d = run_dir(root, spec)
-        metrics = config = None
-        if rundir.is_finished(d):
-            metrics = _read_json(d / rundir.METRICS)
+        config = None
+        metrics = rundir.read_result(d)  # read once: it also decides whether the run has finished
+        if metrics is not None:
             config = _read_json(d / rundir.CONFIG)
         runs.append(Run(spec, spec.run_id(), d, metrics, config, tuned))
         ids.add(spec.run_id())
