@@ -11,6 +11,7 @@ key). Without ``groups`` the top level is the one group ``main``::
     seeds: 3                      # 3 -> seeds 0, 1, 2; or a list [0, 5]
     train: {epochs: 20, batch_size: 64, patience: 5}   # TrainConfig fields (not seed, device)
     train_size: null              # subsample train (standard and patient-ood protocols)
+    dedupe: false                 # true: drop evaluation images identical to training ones (train --dedupe)
     groups:
       main:
         tasks: [retinamnist, /data/prepared/aptos]
@@ -97,6 +98,7 @@ class GroupConfig(_Strict):
     train_size: int | None = Field(None, ge=1)
     options: dict[str, dict[str, Any]] | None = None
     sweep: dict[str, list[Any]] | None = None
+    dedupe: bool | None = None
 
     @field_validator("methods", "tasks", mode="before")
     @classmethod
@@ -198,7 +200,8 @@ def load_grid_file(path: Path) -> GridConfig:
 
 # --- expansion --------------------------------------------------------------------------------------------
 
-_INHERITED = ("tasks", "methods", "seeds", "backbones", "protocols", "train", "train_size", "options", "sweep")
+_INHERITED = ("tasks", "methods", "seeds", "backbones", "protocols", "train", "train_size", "options", "sweep",
+              "dedupe")
 
 
 def _merged(grid: GridConfig, group: GroupConfig) -> dict:
@@ -303,7 +306,7 @@ def expand_grid(grid: GridConfig, *, methods: list[str] | None = None, seeds: in
             for options in variants[method]:
                 spec = RunSpec(group=group_name, task=task, method=method, seed=seed, general=backbones.general,
                                medical=backbones.medical, train_size=g["train_size"], options=options,
-                               train=train, **protocol)
+                               train=train, dedupe=bool(g["dedupe"]), **protocol)
                 if spec.key() not in seen_keys:
                     seen_keys.add(spec.key())
                     specs.append(spec)

@@ -222,7 +222,7 @@ def run_one(root: str | Path, spec: RunSpec, device: str = "cpu", data_root: str
                 spec.train_size, on_step, on_note=lambda message: None, protocol=spec.protocol,
                 train_fraction=spec.train_fraction, shots=spec.shots, seen=spec.seen, unseen=spec.unseen,
                 data_root=data_root, record={"bench": spec.model_dump()}, resume="auto", on_epoch=on_epoch,
-                test=spec.test)
+                test=spec.test, dedupe=spec.dedupe)
         except Exception as err:  # noqa: BLE001 - every failure is recorded and the grid goes on
             if is_finished(root, spec):  # another worker (without a claim) landed it first: ours is dropped
                 return Outcome(spec.run_id(), "skipped", time.perf_counter() - start)

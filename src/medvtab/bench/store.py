@@ -52,12 +52,16 @@ class RunSpec(BaseModel):
                                                           "(a grid keeps only those that differ from the defaults)")
     test: bool = Field(True, description="False: a tuning trial, trained and scored on the validation split only "
                                          "(the test split is never read)")
+    dedupe: bool = Field(False, description="True: evaluation images identical to a training (or, for the test "
+                                            "sets, validation) image are dropped (`medvtab train --dedupe`)")
 
     def key(self) -> str:
         """Hash of everything but ``group`` (two tables may share one run), with the method's whole configuration
         in place of ``options``: when a default changes, the run is a different run, never the stored one.
-        ``test`` counts only when False (a tuning trial), so a final run's id is what it was before trials existed."""
-        body = self.model_dump(exclude={"group", "test"} if self.test else {"group"})
+        ``test`` counts only when False (a tuning trial) and ``dedupe`` only when True, so a run's id is what it
+        was before those fields existed."""
+        body = self.model_dump(exclude={"group"} | ({"test"} if self.test else set())
+                               | (set() if self.dedupe else {"dedupe"}))
         try:
             body["options"] = make_config(self.method, self.options).model_dump(mode="json")
         except MedvtabError:  # a method (or option) this version does not know: a store may still list it

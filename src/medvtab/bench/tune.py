@@ -9,8 +9,8 @@ never read. Every spec of the key then gets the chosen values (:func:`resolve`),
 
 Trials run one after another in grid order of the space's values (the same order for every method, so the
 median pruner treats every method alike): each point is enqueued, so no sampler chooses (Optuna's GridSampler
-would draw the order at random and count a failed point as visited, never running it again). Each reports its validation score per epoch and is stopped early when
-the pruner says so. Studies live in an Optuna RDB storage (``DIR/tuning.db``, SQLite, unless a URL is given):
+would draw the order at random and count a failed point as visited, never running it again). Each reports its
+validation score per epoch and is stopped early when the pruner says so. Studies live in an Optuna RDB storage (``DIR/tuning.db``, SQLite, unless a URL is given):
 finished trials are reused, a trial a killed worker left RUNNING is marked FAIL and its point run again, and a
 trial whose run directory already finished is not retrained (its recorded scores are replayed). The outcome of
 every study (trials, scores, chosen values, budget) is written to ``DIR/tuning.json`` (see docs/benchmark.md).
@@ -93,7 +93,8 @@ class StudyResult:
 def tuning_key(spec: RunSpec, sweeps: dict[str, tuple[str, ...]]) -> str:
     swept = sweeps.get(spec.group, ())
     fixed = {k: v for k, v in spec.options.items() if k not in swept}
-    return json.dumps([spec.task, spec.method, fixed, spec.general, spec.medical], sort_keys=True)
+    return json.dumps([spec.task, spec.method, fixed, spec.general, spec.medical] + ["dedupe"] * spec.dedupe,
+                      sort_keys=True)
 
 
 def with_values(spec: RunSpec, values: dict, swept: tuple[str, ...] = ()) -> RunSpec:

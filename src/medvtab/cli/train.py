@@ -67,6 +67,10 @@ def train(
                                                         "(default: $MEDVTAB_DATA, else shared/data beside the "
                                                         "project)."),
     no_check: bool = typer.Option(False, "--no-check", help="Skip the data check that runs before training."),
+    dedupe: bool = typer.Option(False, "--dedupe", help="Drop validation and test images identical to an image of "
+                                                        "a split fitted on or selected with (train; train and val "
+                                                        "for test); counts per split go to config.json and "
+                                                        "metrics.json."),
     devices: int = typer.Option(1, min=1, help="Processes on this machine (DDP via Lightning Fabric: GPUs with "
                                                "--device cuda, else CPU processes on gloo). Under torchrun the "
                                                "launcher's layout is used."),
@@ -122,7 +126,7 @@ def train(
                                 on_note=note, protocol=protocol, train_fraction=train_fraction, shots=shots,
                                 seen=seen, unseen=unseen, data_root=data_root, run_check=not no_check,
                                 tensorboard=tensorboard, mlflow_uri=mlflow, resume=resume is not None,
-                                on_epoch=epoch_lines(epochs))
+                                on_epoch=epoch_lines(epochs), dedupe=dedupe)
     except KeyboardInterrupt:
         print(interrupted(out), file=sys.stderr, flush=True)
         raise typer.Exit(130) from None

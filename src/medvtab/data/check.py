@@ -294,7 +294,8 @@ def _check_duplicates(data: TaskData, report: CheckReport) -> None:
                 text + f" - known duplicates of the official {', '.join(sources)} split, kept as published"))
         else:
             report.findings.append(Finding("duplicates across splits", "error",
-                                           text + "; an evaluation image that is also fitted on measures memory"))
+                                           text + "; an evaluation image that is also fitted on measures memory "
+                                                  "(`medvtab train --dedupe` drops such images)"))
         stats["known" if known else "unknown"] = {
             "images": len(groups), "pairs": {f"{a}/{b}": len(ps) for (a, b), ps in pairs.items()},
             "examples": {f"{a}/{b}": [[i, j] for i, j, _ in ps[:EXAMPLES]] for (a, b), ps in pairs.items()},

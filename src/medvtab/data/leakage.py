@@ -3,6 +3,8 @@
 - :func:`image_digest` is how medvtab tells that two images are the same, everywhere (the data check's
   duplicate findings, the patient-ood pool, the pre-training probe's test split).
 - :func:`leak_pairs`: the split pairs where a shared image or patient leaks.
+- :func:`drop_evaluation_duplicates`: the ``--dedupe`` remedy, evaluation images that also occur in a split
+  fitted on or selected with dropped.
 - :func:`leakage_warnings`: backbones pre-trained on a task built from the same source images (from the
   catalogue's ``source_group``).
 
@@ -10,6 +12,7 @@ The data check (:mod:`medvtab.data.check`) reports what these find.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from pathlib import Path
@@ -17,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from medvtab.data.catalogue import get_task, overlapping_sources
-from medvtab.data.taskdata import Split
+from medvtab.data.taskdata import Split, TaskData
 from medvtab.errors import MedvtabError
 
 # Cross-split exact duplicates that a public source's *official* split contains, by image digest
@@ -73,6 +76,27 @@ def leak_pairs(names) -> list[tuple[str, str]]:
     the model (val). Two evaluation sets (test and a further test set) may share images."""
     names = list(names)
     return [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if a in ("train", "val")]
+
+
+def drop_evaluation_duplicates(data: TaskData) -> tuple[TaskData, dict[str, int]]:
+    """``data`` without the evaluation images (validation, test, further test sets) identical to an image of a
+    split that leaks into them (:func:`leak_pairs`: train for validation; train and validation for the test
+    sets), and how many each evaluation split lost. Training images are never dropped; two test sets may share
+    images, as they may without ``--dedupe``."""
+    splits = data.splits()
+    leaking: dict[str, set[str]] = {name: set() for name in splits}
+    for a, b in leak_pairs(splits):
+        leaking[b].add(a)
+    digests = {name: [image_digest(image) for image in split.images] for name, split in splits.items()}
+    kept, dropped = {}, {}
+    for name, split in splits.items():
+        seen = set().union(*(digests[a] for a in leaking[name])) if leaking[name] else set()
+        keep = np.array([i for i, d in enumerate(digests[name]) if d not in seen], dtype=np.int64)
+        kept[name] = split if len(keep) == len(split) else split.subset(keep)
+        if name != "train":
+            dropped[name] = len(split) - len(keep)
+    extra = {name: kept[name] for name in data.extra_tests}
+    return dataclasses.replace(data, val=kept["val"], test=kept["test"], extra_tests=extra), dropped
 
 
 def catalogue_name(task_name: str) -> str | None:

@@ -17,7 +17,7 @@ from medvtab.backbones import load_backbone
 from medvtab.data import Split, TaskData
 from medvtab.data.protocols import SPLITS_FILE, check_protocol, load_protocol_task, splits_record
 from medvtab.data.check import PROTOCOL_SHARED_PATIENTS, check_task
-from medvtab.data.leakage import leakage_warnings
+from medvtab.data.leakage import drop_evaluation_duplicates, leakage_warnings
 from medvtab.engine import rundir
 from medvtab.engine.distributed import launch
 from medvtab.engine.evaluate import evaluate
@@ -53,7 +53,8 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
               seen: int | None = None, unseen: int | None = None, data_root: str | Path | None = None,
               run_check: bool = True, record: dict | None = None, tensorboard: Path | None = None,
               mlflow_uri: str | None = None, resume: bool | str = False,
-              on_epoch: Callable[[dict], bool | None] | None = None, test: bool = True) -> dict | None:
+              on_epoch: Callable[[dict], bool | None] | None = None, test: bool = True,
+              dedupe: bool = False) -> dict | None:
     """Everything is validated (options, protocol, backbones, data, alignment) before the run directory exists.
 
     ``protocol`` and its options: see :mod:`medvtab.data.protocols`. ``data_root``: where registered real sets
@@ -83,8 +84,12 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
     ``on_epoch``: called with each epoch's history row; a true return stops the run after that epoch (a tuner
     pruning a trial: metrics.json records ``pruned_at_epoch``). ``test=False`` (a tuning trial): the test split is
     never evaluated; metrics.json holds the validation scores per epoch (``val_scores``), the best
-    (``val_score``) and that epoch's validation loss (``val_loss``, the tuner's tie-break) instead of test metrics, predictions.npz the validation set only, and no adapter.safetensors
-    is written.
+    (``val_score``) and that epoch's validation loss (``val_loss``, the tuner's tie-break) instead of test
+    metrics, predictions.npz the validation set only, and no adapter.safetensors is written.
+
+    ``dedupe``: evaluation images identical to an image the run fits on or selects with are dropped before the
+    data check (:func:`~medvtab.data.leakage.drop_evaluation_duplicates`); config.json and metrics.json record
+    how many per split (``dedupe``), and the split sizes are those after dropping.
     """
     if train_cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise MedvtabError("option '--device': cuda requested but no CUDA device is available")
@@ -109,16 +114,22 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
     size = max(b.input_size for b in backbones)
     data: TaskData = load_protocol_task(task, chosen, seed=train_cfg.seed, image_size=size, train_size=train_size,
                                         data_root=data_root)
+    dropped = None
+    if dedupe:
+        data, dropped = drop_evaluation_duplicates(data)
     empty = [name for name, split in (("train", data.train), ("validation", data.val), ("test", data.test),
                                       *data.extra_tests.items()) if len(split) == 0]
     if empty:  # checked even with --no-check: training would end in a crash after its first epoch
-        raise MedvtabError(f"{task}: the {empty[0]} split has no images; training and every evaluation need at "
-                           f"least one")
+        after = " left after --dedupe" if (dropped or {}).get(empty[0]) else ""
+        raise MedvtabError(f"{task}: the {empty[0]} split has no images{after}; training and every evaluation need "
+                           f"at least one")
     warnings = leakage_warnings(data.name, [(b.spec, b.pretrained_on) for b in backbones])
     if run_check:  # the mistakes that ruin medical results stop a run before it starts (--no-check skips)
         report = check_task(data, allow_shared_patients=PROTOCOL_SHARED_PATIENTS[chosen.name])
         if not report.ok:
-            raise MedvtabError(f"{report.summary()}; see `medvtab data check {task}`, or pass --no-check")
+            dedupe_helps = any(f.check == "duplicates across splits" and f.level == "error" for f in report.findings)
+            raise MedvtabError(f"{report.summary()}; see `medvtab data check {task}`, or pass "
+                               + ("--dedupe (drop those evaluation images) or " if dedupe_helps else "") + "--no-check")
         warnings += [f"data check: {w}" for w in report.warnings]
     splits = splits_record(data, chosen, train_cfg.seed)
     seed_everything(train_cfg.seed)  # the trainable parts' initialisation depends on the seed alone
@@ -129,6 +140,10 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
             on_note(f"note: backbone '{b.spec}' is randomly initialised (no pre-trained weights)")
     for note in data.notes:
         on_note(f"note: {note}")
+    if dropped is not None:
+        lost = [f"{n} {name} image{'s' * (n != 1)}" for name, n in dropped.items() if n]
+        on_note(f"note: --dedupe dropped {', '.join(lost)} identical to images of a split fitted on or selected with"
+                if lost else "note: --dedupe: no evaluation image is identical to an image fitted on or selected with")
     for warning in warnings:
         on_note(f"warning: {warning}")
 
@@ -140,7 +155,7 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
         "backbones": [vars(b.info) for b in backbones],
         "train": train_cfg.model_dump(), "train_size": train_size,
         "protocol": chosen.record(), "data_root": None if data_root is None else str(data_root),
-        "splits_file": SPLITS_FILE, "notes": data.notes,
+        "splits_file": SPLITS_FILE, "notes": data.notes, "dedupe": dropped,
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "platform": platform.platform(), "threads": torch.get_num_threads()},
         **(record or {}),
@@ -188,7 +203,7 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
         "train_seconds": round(result.train_seconds, 3),
         "processes": rank_count(fabric), "skipped_nonfinite_batches": result.skipped_batches,
         "epochs_run": len(result.history), "best_epoch": result.best_epoch,
-        "split_sizes": data.sizes(),
+        "split_sizes": data.sizes(), **({"dedupe": dropped} if dedupe else {}),
         **({"split_patients": data.patient_counts()} if data.patient_counts() is not None else {}),
         "routing": model.routing_stats(),
         "compile": result.compile_record(), "grad_checkpointing": train_cfg.grad_checkpointing,
@@ -240,7 +255,8 @@ def run_fingerprint(run_config: dict, train_images: int) -> dict:
     keys = ("task", "task_source", "method", "method_config", "general", "medical", "train_size", "protocol",
             "num_classes")
     train = {k: v for k, v in run_config["train"].items() if k not in RESUME_INDEPENDENT}
-    return {**{k: run_config[k] for k in keys}, "train": train, "train_images": train_images}
+    dedupe = {"dedupe": run_config["dedupe"]} if run_config.get("dedupe") is not None else {}
+    return {**{k: run_config[k] for k in keys}, "train": train, "train_images": train_images, **dedupe}
 
 
 def read_run_config(run: Path) -> tuple[dict, tuple]:

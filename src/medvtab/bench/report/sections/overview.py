@@ -93,6 +93,7 @@ def header(bench: Bench, out: Path) -> list[tuple[str, str]]:
 
 def tasks_section(bench: Bench) -> Section:
     rows = []
+    deduped = any(isinstance(r.metrics.get("dedupe"), dict) for r in bench.finished)
     for task in ordered(r.spec.task for r in bench.runs):
         runs = [r for r in bench.runs if r.spec.task == task]
         done = [r for r in runs if r.finished]
@@ -109,9 +110,22 @@ def tasks_section(bench: Bench) -> Section:
         rows.append([C(task), C(title), C(mod), C(", ".join(map(str, names)) if names else MISSING),
                      C(" / ".join(test_sizes) or MISSING),
                      C(fmt_pct(floor, math.nan, int(math.isfinite(floor))), floor),
-                     C(f"{len(done)}/{len(runs)}")])
+                     C(f"{len(done)}/{len(runs)}")]
+                    + ([C(dedupe_counts(done))] if deduped else []))
+    notes = ["Modality from the task registry (medvtab data list); class names from the runs' config.json."]
+    if deduped:
+        notes.append("Deduplicated runs (grid field `dedupe: true`, as `medvtab train --dedupe`) drop every "
+                     "validation image identical to a training image and every test image identical to a training "
+                     "or validation image; the column gives the images dropped per split, as the runs recorded them "
+                     "(distinct counts where protocols or seeds differ).")
     table = Table("tasks", "Tasks in this grid",
                   ["Task", "Title", "Modality", "Classes", "Test images (standard protocol)", "Majority-class rate (%)",
-                   "Runs finished"], rows,
-                  ["Modality from the task registry (medvtab data list); class names from the runs' config.json."])
+                   "Runs finished"] + (["Evaluation images dropped (dedupe)"] if deduped else []), rows, notes)
     return Section("tasks", "Tasks", tables=[table])
+
+
+def dedupe_counts(runs) -> str:
+    """The distinct per-split counts that the task's deduplicated runs dropped ("val 4, test 4"), or '-'."""
+    counts = ordered(", ".join(f"{split} {n}" for split, n in r.metrics["dedupe"].items())
+                     for r in runs if isinstance(r.metrics.get("dedupe"), dict))
+    return " / ".join(counts) or MISSING
