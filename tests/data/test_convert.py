@@ -212,7 +212,8 @@ def test_npz_medmnist_splits_are_kept(tmp_path, real):
 # ---------------------------------------------------------------- DICOM
 
 def write_dicom(path: Path, pixels: np.ndarray, *, modality: str, photometric: str = "MONOCHROME2",
-                slope: float = 1.0, intercept: float = 0.0, patient: str = "P1", study: str = "1.2.3") -> None:
+                slope: float = 1.0, intercept: float = 0.0, patient: str = "P1", study: str = "1.2.3",
+                window: tuple[float, float] | None = None, voi_function: str | None = None) -> None:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -229,6 +230,10 @@ def write_dicom(path: Path, pixels: np.ndarray, *, modality: str, photometric: s
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.RescaleSlope, ds.RescaleIntercept = f"{slope:g}", f"{intercept:g}"
     ds.PixelData = pixels.astype("<u2").tobytes()
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = f"{window[0]:g}", f"{window[1]:g}"
+    if voi_function is not None:
+        ds.VOILUTFunction = voi_function
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
 
@@ -243,7 +248,7 @@ def test_dicom_windowing_inversion_and_patient_ids(tmp_path, real):
     write_dicom(raw / "pneumonia" / "cr.dcm", images[30], modality="CR", patient="CR8")
     out = tmp_path / "prep"
     meta = prepare("ct-cxr", raw, out, layout="dicom", image_size=SIZE, window=(40, 400))
-    assert meta["policy"]["ct_window"] == {"center": 40, "width": 400}
+    assert meta["policy"]["ct_window"] == {"center": 40, "width": 400, "over": "the files' own"}
     rows, stored = read_manifest(out), np.load(out / "images_28.npy")
     assert len(rows) == 10
     by_path = {r["source_path"]: (r, im[..., 0]) for r, im in zip(rows, stored)}
@@ -265,6 +270,49 @@ def test_dicom_windowing_inversion_and_patient_ids(tmp_path, real):
     assert np.array_equal(im, np.round((src - src.min()) * 255 / (src.max() - src.min())).astype(np.uint8))
     data = load_task(str(out))
     assert data.num_classes == 2 and data.patient_counts() is not None
+
+
+def test_dicom_files_own_window_through_pydicoms_voi_lut(tmp_path, real):
+    """A file's own WindowCenter / WindowWidth decides its 8-bit image (pydicom's apply_voi_lut, output range
+    onto 0..255), CT included; an explicit --window still wins for CT. Checked against pydicom itself and
+    against the DICOM standard's formulas (PS3.3 C.11.2.1.2)."""
+    from pydicom import dcmread
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    from medvtab.data.dicom_nifti import read_dicom
+
+    images, _ = real
+    stored = images[5].astype(np.int64) * 200 + 1000  # 1000..52000 of a 16-bit detector
+    cases = {  # name: (modality, window, function, slope, intercept)
+        "cr_linear": ("CR", (20000, 30000), None, 1.0, 0.0),
+        "cr_exact": ("CR", (25000, 20000), "LINEAR_EXACT", 1.0, 0.0),
+        "dx_sigmoid": ("DX", (26000, 25000), "SIGMOID", 1.0, 0.0),
+        "ct_lung": ("CT", (-600, 1500), None, 0.05, -1024.0),  # HU = 0.05 * stored - 1024: -974..1576
+    }
+    for name, (modality, (c, w), function, slope, intercept) in cases.items():
+        path = tmp_path / f"{name}.dcm"
+        write_dicom(path, stored, modality=modality, slope=slope, intercept=intercept, window=(c, w),
+                    voi_function=function)
+        out, _, _ = read_dicom(path)
+        ds = dcmread(path)
+        x = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+        y_min, y_max = intercept, (2 ** 16 - 1) * slope + intercept  # pydicom's output range, 16 bits unsigned
+        pydicom_8bit = np.round((apply_voi_lut(x, ds).astype(np.float64) - y_min) * 255 / (y_max - y_min))
+        assert np.abs(out.astype(int) - pydicom_8bit).max() <= 1, name
+        if function == "SIGMOID":
+            standard = 1 / (1 + np.exp(-4 * (x - c) / w))
+        elif function == "LINEAR_EXACT":
+            standard = np.clip((x - (c - w / 2)) / w, 0, 1)
+        else:
+            standard = np.clip((x - (c - 0.5)) / (w - 1) + 0.5, 0, 1)
+        assert np.abs(out - np.round(standard * 255)).max() <= 1, name
+        assert 0 < out.mean() < 255 and len(np.unique(out)) > 20, name  # neither saturated nor flattened
+    hu = stored * 0.05 - 1024
+    expected = np.round((np.clip(hu, -160, 240) + 160) * 255 / 400)
+    soft_tissue, _, _ = read_dicom(tmp_path / "ct_lung.dcm", window=(40, 400))  # --window over the file's own
+    assert np.abs(soft_tissue - expected).max() <= 1
+    write_dicom(tmp_path / "ct_plain.dcm", stored, modality="CT", slope=0.05, intercept=-1024)  # no window
+    assert np.abs(read_dicom(tmp_path / "ct_plain.dcm")[0] - expected).max() <= 1
 
 
 def test_unreadable_dicom_is_named(tmp_path, real):

@@ -34,3 +34,29 @@ def test_grey_is_promoted_only_where_grey_and_colour_mix():
     same = [grey, grey]
     assert grey_to_rgb_if_mixed(same) is same
     assert [im.shape[-1] for im in grey_to_rgb_if_mixed([grey, colour])] == [3, 3]
+
+
+def real_xray() -> np.ndarray:
+    from medvtab.data.loading import bundled_path
+
+    with np.load(bundled_path("pneumoniamnist")) as npz:
+        return npz["train_images"][3]
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_images_of_more_than_8_bits_are_rescaled_not_clipped(tmp_path, mode):
+    """A real X-ray exported at 16 bits (PNG), 32-bit integer or float (TIFF): the values span far beyond 255, and
+    the decoded image is the per-image min-max rescale, not a saturated white one."""
+    xray = real_xray().astype(np.float64)
+    wide = xray * 150.0 + 3000.0  # 3000..41250: a 16-bit detector's range
+    arr = {"I;16": wide.astype(np.uint16), "I": wide.astype(np.int32), "F": wide.astype(np.float32)}[mode]
+    path = tmp_path / ("x.png" if mode == "I;16" else "x.tif")
+    Image.fromarray(arr).save(path)
+    with Image.open(path) as img:
+        assert img.mode == mode
+    decoded = read_image(path, 28)[..., 0]
+    expected = np.round((wide - wide.min()) * 255.0 / (wide.max() - wide.min())).astype(np.uint8)
+    assert np.array_equal(decoded, expected)
+    # the 8-bit original's contrast, recovered (to one grey level: float rounding at .5)
+    assert np.abs(decoded.astype(int) - minmax_to_uint8(xray)).max() <= 1
+    assert (decoded < 255).mean() > 0.5  # Pillow's convert("L") would clip every pixel to 255

@@ -97,7 +97,9 @@ def prepare(
     image_column: Optional[str] = typer.Option(None, help="csv layout: the image path column (relative to SRC)."),
     patient_column: Optional[str] = typer.Option(None, help="csv layout: the patient id column."),
     split_column: Optional[str] = typer.Option(None, help="csv layout: the split column (train/val/test)."),
-    window: str = typer.Option("40,400", help="dicom layout: CT window 'center,width' (HU)."),
+    window: Optional[str] = typer.Option(None, help="dicom layout: a CT window 'center,width' (HU) over the files' "
+                                                    "own (default: each file's own window or VOI LUT; a CT "
+                                                    "without one: 40,400)."),
     slices: int = typer.Option(8, min=1, help="nifti layout: the middle K axial slices of each volume."),
     uncertain: str = typer.Option("ignore", help="csv multi-label: CheXpert's uncertain (-1) marks: ignore (kept "
                                                  "as unknown, masked from loss and metrics), zeros or ones."),
@@ -113,12 +115,14 @@ def prepare(
     from medvtab.data.convert import prepare as run_prepare
 
     try:
-        centre, width = (float(v) for v in window.split(","))
+        ct_window = None if window is None else tuple(float(v) for v in window.split(","))
+        if ct_window is not None and len(ct_window) != 2:
+            raise ValueError
     except ValueError:
         raise MedvtabError(f"option '--window': expected 'center,width' (e.g. 40,400), got '{window}'") from None
     meta = run_prepare(task, src, out, layout=layout, image_size=image_size, csv_path=csv_file,
                        label_column=label_column, image_column=image_column, patient_column=patient_column,
-                       split_column=split_column, window=(centre, width), slices=slices,
+                       split_column=split_column, window=ct_window, slices=slices,
                        uncertain=uncertain, allow_outside_root=allow_outside_root)
     kind = "labels (multi-label)" if meta["task_type"] == "multi-label" else "classes"
     print(f"prepared {meta['name']}: {meta['images']} images, {meta['num_classes']} {kind}, "

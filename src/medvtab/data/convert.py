@@ -17,12 +17,12 @@ Layouts:
   An image path that resolves (symlinks and ``..`` followed) outside RAW is refused unless
   ``--allow-outside-root``; the manifest then records its absolute path.
 - ``npz``: a MedMNIST-style or pooled ``.npz`` (read as :func:`medvtab.data.loading.load_task` reads it).
-- ``dicom``: ``RAW/CLASS/**/*.dcm`` (or ``RAW/{train,val,test}/CLASS/**``), read with pydicom. Policy:
-  pixel values go through RescaleSlope / RescaleIntercept; CT (Modality CT) is windowed (``--window
-  center,width``, default soft tissue 40,400: values clipped to [c - w/2, c + w/2] and scaled to 0..255);
-  any other modality is min-max scaled per image; MONOCHROME1 is inverted after scaling (so high = bright);
-  multi-frame files give their middle frame; colour (3 samples) files are min-max scaled, not windowed.
-  PatientID is the patient id, StudyInstanceUID the study id.
+- ``dicom``: ``RAW/CLASS/**/*.dcm`` (or ``RAW/{train,val,test}/CLASS/**``), read with pydicom
+  (:func:`medvtab.data.dicom_nifti.read_dicom`). Policy: pydicom's modality LUT, then the file's own VOI LUT or
+  window (pydicom's ``apply_voi_lut``); a CT with ``--window center,width`` (HU) uses that instead, a CT with no
+  window of its own the soft-tissue 40,400; other files without one are min-max scaled per image; MONOCHROME1 is
+  inverted after scaling (so high = bright); multi-frame files give their middle frame; colour (3 samples)
+  files are min-max scaled, not windowed. PatientID is the patient id, StudyInstanceUID the study id.
 - ``nifti``: ``RAW/CLASS/*.nii`` / ``*.nii.gz`` (or with split folders), read with nibabel. Policy: the
   volume is reoriented to the closest canonical (RAS) orientation, 4-D volumes give their first volume;
   the middle ``--slices K`` axial slices (default 8; all where the volume has fewer) become images, each
@@ -103,7 +103,7 @@ def _imagefolder(src: Path, size: int, **_) -> tuple[list[Item], list[np.ndarray
     return items, images, {"resize": "bilinear"}
 
 
-def _dicom(src: Path, size: int, window=DEFAULT_WINDOW, **_) -> tuple[list[Item], list[np.ndarray], dict]:
+def _dicom(src: Path, size: int, window=None, **_) -> tuple[list[Item], list[np.ndarray], dict]:
     items, images, bad = [], [], []
     for f, cls, split in _walk(src, lambda f: f.suffix.lower() == ".dcm"):
         try:
@@ -114,9 +114,11 @@ def _dicom(src: Path, size: int, window=DEFAULT_WINDOW, **_) -> tuple[list[Item]
         images.append(resize(arr, size))
         items.append(Item(f.relative_to(src).as_posix(), cls, pid, study, split))
     _fail_many("DICOM", bad)
-    policy = {"rescale": "RescaleSlope * value + RescaleIntercept",
-              "ct_window": {"center": window[0], "width": window[1]},
-              "other_modalities": "min-max per image", "monochrome1": "inverted",
+    policy = {"modality_lut": "pydicom apply_modality_lut (RescaleSlope, RescaleIntercept or a Modality LUT)",
+              "voi": "the file's own VOI LUT or first window (pydicom apply_voi_lut), output range onto 0..255",
+              "ct_window": ({"center": window[0], "width": window[1], "over": "the files' own"} if window else
+                            {"center": DEFAULT_WINDOW[0], "width": DEFAULT_WINDOW[1], "where": "no window of its own"}),
+              "no_window": "min-max per image", "monochrome1": "inverted",
               "multi_frame": "middle frame", "patient_id": "PatientID", "study_id": "StudyInstanceUID",
               "resize": "bilinear"}
     return items, images, policy
@@ -198,7 +200,7 @@ def _component(rel: str, pattern: str) -> str:
 
 
 def _csv(src: Path, size: int, csv_path=None, label_column=None, image_column=None, patient_column=None,
-         split_column=None, window=DEFAULT_WINDOW, uncertain="ignore", allow_outside_root=False, **_) -> tuple[list[Item], list[np.ndarray], dict]:
+         split_column=None, window=None, uncertain="ignore", allow_outside_root=False, **_) -> tuple[list[Item], list[np.ndarray], dict]:
     file = Path(csv_path) if csv_path is not None else src / "labels.csv"
     if not file.is_file():
         raise MedvtabError(f"{file}: no such CSV file (pass --csv FILE)")
@@ -325,7 +327,7 @@ def _classes(labels: list, catalogue_names: list[str] | None, given_names) -> tu
 def prepare(task: str, src: str | Path, out: str | Path, *, layout: str | None = None, image_size: int = 224,
             csv_path: str | Path | None = None, label_column: str | None = None, image_column: str | None = None,
             patient_column: str | None = None, split_column: str | None = None,
-            window: tuple[float, float] = DEFAULT_WINDOW, slices: int = DEFAULT_SLICES,
+            window: tuple[float, float] | None = None, slices: int = DEFAULT_SLICES,
             uncertain: str = "ignore", allow_outside_root: bool = False) -> dict:
     """Convert ``src`` into the prepared directory ``out``; returns its task.json. See the module docstring."""
     src, out = Path(src), Path(out)
@@ -344,7 +346,7 @@ def prepare(task: str, src: str | Path, out: str | Path, *, layout: str | None =
         raise MedvtabError(f"option '--image-size': must be at least 1, got {image_size}")
     if slices < 1:
         raise MedvtabError(f"option '--slices': must be at least 1, got {slices}")
-    if window[1] <= 0:
+    if window is not None and window[1] <= 0:
         raise MedvtabError(f"option '--window': width must be positive, got {window[1]}")
     if not src.exists() or (layout != "npz" and not src.is_dir()):
         raise MedvtabError(f"{src}: no such {'file or ' if layout == 'npz' else ''}directory")
@@ -355,7 +357,7 @@ def prepare(task: str, src: str | Path, out: str | Path, *, layout: str | None =
 
     items, images, policy = READERS[layout](src, image_size, csv_path=csv_path, label_column=label_column,
                                             image_column=image_column, patient_column=patient_column,
-                                            split_column=split_column, window=tuple(window), slices=slices,
+                                            split_column=split_column, window=None if window is None else tuple(window), slices=slices,
                                             uncertain=uncertain, allow_outside_root=allow_outside_root)
     if not items:
         raise MedvtabError(f"{src}: no images found")

@@ -2,10 +2,13 @@
 
 pydicom and nibabel are the optional extra medvtab[medical-formats], imported when a file is read.
 
-DICOM policy: pixel values go through RescaleSlope / RescaleIntercept; CT (Modality CT) is windowed (values
-clipped to [c - w/2, c + w/2] and scaled to 0..255); any other modality is min-max scaled per image;
-MONOCHROME1 is inverted after scaling (so high = bright); multi-frame files give their middle frame; colour
-(3 samples) files are min-max scaled, not windowed.
+DICOM policy: pixel values go through pydicom's modality LUT (RescaleSlope / RescaleIntercept or a Modality LUT
+Sequence), then the file's own VOI: its VOI LUT Sequence or its first WindowCenter / WindowWidth, through pydicom's
+``apply_voi_lut`` (LINEAR, LINEAR_EXACT or SIGMOID as the file says), whose output range is mapped onto 0..255.
+A CT given an explicit window (``--window C,W`` in HU) uses that instead; a CT without a window of its own gets
+the soft-tissue window 40/400 (values clipped to [c - w/2, c + w/2] and scaled to 0..255); any other file
+without one is min-max scaled per image. MONOCHROME1 is inverted after scaling (so high = bright); multi-frame
+files give their middle frame; colour (3 samples) files are min-max scaled, not windowed.
 
 NIfTI policy: the volume is reoriented to the closest canonical (RAS) orientation, 4-D volumes give their
 first volume; the middle K axial slices (all where the volume has fewer) become images, each ``np.rot90`` of
@@ -30,26 +33,47 @@ def _why(err: Exception) -> str:
     return first_line(err)
 
 
-def read_dicom(path: Path, window: tuple[float, float] = DEFAULT_WINDOW) -> tuple[np.ndarray, str, str]:
-    """(uint8 (H, W) or (H, W, 3), patient id, study id) under the module's DICOM policy."""
+def _file_voi(x: np.ndarray, ds, pixels) -> np.ndarray:
+    """The file's own VOI LUT or window applied by pydicom, its output range mapped onto 0..255. The range is
+    where pydicom sends values far beyond every window bound and LUT entry (a sigmoid only approaches it)."""
+    from pydicom.multival import MultiValue
+
+    voi = np.asarray(pixels.apply_voi_lut(x, ds, index=0), dtype=np.float64)
+    bounds = [float(v[0] if isinstance(v, MultiValue) else v)
+              for v in (ds.get("WindowCenter"), ds.get("WindowWidth")) if v is not None]
+    reach = 1e3 * (float(np.abs(x).max(initial=0)) + sum(map(abs, bounds)) + 1.0)
+    with np.errstate(over="ignore"):  # a sigmoid's exp overflows out there, to its limit
+        ends = np.asarray(pixels.apply_voi_lut(np.array([-reach, reach]), ds, index=0), dtype=np.float64)
+    return scale_to_uint8(voi, float(ends.min()), float(ends.max()))
+
+
+def read_dicom(path: Path, window: tuple[float, float] | None = None) -> tuple[np.ndarray, str, str]:
+    """(uint8 (H, W) or (H, W, 3), patient id, study id) under the module's DICOM policy; ``window``: a CT's
+    (centre, width) in HU, in place of the file's own."""
     pydicom = require("pydicom", extra="medical-formats", feature="DICOM input")
+    from pydicom import pixels
+
     try:
         ds = pydicom.dcmread(str(path))
         arr = np.asarray(ds.pixel_array)
+        colour = int(getattr(ds, "SamplesPerPixel", 1) or 1) == 3
+        if arr.ndim == (4 if colour else 3):  # multi-frame: the middle frame
+            arr = arr[arr.shape[0] // 2]
+        x = np.asarray(pixels.apply_modality_lut(arr, ds), dtype=np.float64)
+        ct = str(getattr(ds, "Modality", "")).upper() == "CT"
+        if colour:
+            out = minmax_to_uint8(x)
+        elif ct and window is not None:
+            out = scale_to_uint8(x, window[0] - window[1] / 2, window[0] + window[1] / 2)
+        elif ds.get("VOILUTSequence") or ds.get("WindowWidth") is not None:
+            out = _file_voi(x, ds, pixels)
+        elif ct:
+            centre, width = DEFAULT_WINDOW
+            out = scale_to_uint8(x, centre - width / 2, centre + width / 2)
+        else:
+            out = minmax_to_uint8(x)
     except Exception as err:  # noqa: BLE001 - pydicom raises many types for bad or unsupported files
         raise MedvtabError(f"{path}: unreadable DICOM ({_why(err)})") from None
-    colour = int(getattr(ds, "SamplesPerPixel", 1) or 1) == 3
-    if arr.ndim == (4 if colour else 3):  # multi-frame: the middle frame
-        arr = arr[arr.shape[0] // 2]
-    slope, intercept = getattr(ds, "RescaleSlope", 1), getattr(ds, "RescaleIntercept", 0)
-    x = arr.astype(np.float64) * float(1 if slope in (None, "") else slope) + float(intercept or 0)
-    if colour:
-        out = minmax_to_uint8(x)
-    elif str(getattr(ds, "Modality", "")).upper() == "CT":
-        centre, width = window
-        out = scale_to_uint8(x, centre - width / 2, centre + width / 2)
-    else:
-        out = minmax_to_uint8(x)
     if not colour and str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         out = 255 - out
     return out, str(getattr(ds, "PatientID", "") or ""), str(getattr(ds, "StudyInstanceUID", "") or "")

@@ -1,7 +1,7 @@
 """Images as medvtab holds them: uint8 ``(H, W, C)`` with C = 1 (grey) or 3 (RGB).
 
-The one place for decoding an image file, scaling other values to uint8, resizing (bilinear) and promoting
-grey to RGB where a set mixes both. DICOM and NIfTI files are decoded in :mod:`medvtab.data.dicom_nifti`.
+The one place for decoding an image file, scaling other values to uint8 (images of more than 8 bits: min-max per
+image), resizing (bilinear) and promoting grey to RGB where a set mixes both. DICOM and NIfTI files are decoded in :mod:`medvtab.data.dicom_nifti`.
 """
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's own bomb limit (~89 M pixels), w
 
 
 def read_image(path: Path, size: int) -> np.ndarray:
-    """An image file decoded as grey (grey modes) or RGB (the rest), resized to ``size`` square. An image whose
+    """An image file decoded as grey (grey modes) or RGB (the rest), resized to ``size`` square. Grey images of
+    more than 8 bits (16-bit PNG / TIFF X-ray exports, 32-bit integer or float TIFFs) are min-max scaled per image
+    onto 0..255: their window comes from the data, where converting to 8 bits would clip at 255. An image whose
     header declares more than :data:`MAX_PIXELS` pixels is refused before it is decoded (a decompression bomb)."""
     try:
         with warnings.catch_warnings():  # Pillow warns in the band this refuses anyway
@@ -43,8 +45,10 @@ def read_image(path: Path, size: int) -> np.ndarray:
                 raise MedvtabError(f"{path}: image of {width} x {height} pixels refused (more than {MAX_PIXELS:,} "
                                    f"pixels); downscale it first")
             img.load()
-            grey = img.mode in ("L", "I", "I;16", "F", "1")
-            arr = np.asarray(img.convert("L" if grey else "RGB"), dtype=np.uint8)
+            if img.mode in ("I", "F") or img.mode.startswith("I;16"):  # 16-bit, 32-bit and float grey
+                arr = minmax_to_uint8(np.asarray(img))
+            else:
+                arr = np.asarray(img.convert("L" if img.mode in ("L", "1") else "RGB"), dtype=np.uint8)
     except Image.DecompressionBombError as err:  # Pillow refuses at open above twice its limit
         raise MedvtabError(f"{path}: image refused, too large ({first_line(err)})") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
