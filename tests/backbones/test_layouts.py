@@ -536,6 +536,39 @@ def test_timm_model_with_dynamic_img_size_runs_at_its_fixed_size(tmp_path):
         torch.testing.assert_close(bb(images), ref(bb.preprocess(images)), rtol=1e-5, atol=1e-5)
 
 
+def test_timm_names_with_a_pretrained_tag_use_the_tags_config(tmp_path):
+    """``timm:ARCH.TAG@FILE``: the tag's input size and normalisation, the file's weights (timm's names as
+    ``timm.create_model`` takes them)."""
+    state = _timm_state("test_vit", seed=4)
+    path = save(state, tmp_path / "test_vit.safetensors")
+    bb = load_backbone(f"timm:test_vit.r160_in1k@{path}")
+    cfg = timm.models.get_pretrained_cfg("test_vit.r160_in1k")
+    assert bb.input_size == cfg.input_size[-1] == 160
+    with torch.random.fork_rng(devices=[]):
+        ref = timm.create_model("test_vit", pretrained=False, num_classes=0, img_size=160).eval()
+    ref.load_state_dict(state, strict=True)
+    images = _images(160, seed=16)
+    with torch.no_grad():
+        torch.testing.assert_close(bb(images), ref(bb.preprocess(images)), rtol=1e-5, atol=1e-5)
+    with pytest.raises(MedvtabError, match=r"no pretrained tag 'nope' for 'test_vit'; its tags: r160_in1k"):
+        load_backbone(f"timm:test_vit.nope@{path}")
+    with pytest.raises(MedvtabError, match="timm has no model named 'no_such_vit'"):
+        load_backbone(f"timm:no_such_vit.r160_in1k@{path}")
+
+
+def test_timm_hub_names_go_to_the_hub_and_say_so_offline(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # fail at once, no retries
+    with pytest.raises(MedvtabError, match=r"timm:hf-hub:timm/test_vit.r160_in1k \(hub download; offline\? "
+                                           r"give the timm architecture with a local file"):
+        load_backbone("timm:hf-hub:timm/test_vit.r160_in1k")
+    path = save(_timm_state("test_vit", seed=4), tmp_path / "w.safetensors")
+    for spec in ("timm:hf-hub:timm/test_vit.r160_in1k", f"timm:hf-hub:timm/test_vit.r160_in1k@{path}"):
+        with pytest.raises(MedvtabError, match="--allow-download, or give a local file \\(timm:ARCH@FILE"):
+            load_backbone(spec, allow_download=False)  # its configuration is on the hub, even with a file
+
+
 # --- 9. the inspect command ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

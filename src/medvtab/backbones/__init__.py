@@ -27,10 +27,13 @@ def list_backbones() -> list[str]:
 
 
 def refuse_download(spec: str) -> None:
-    """A MedvtabError where ``spec``'s weights would be downloaded (``timm:NAME`` without a local file)."""
-    if spec.startswith("timm:") and "@" not in spec:
+    """A MedvtabError where ``spec``'s weights would be downloaded (``timm:NAME`` without a local file, and any
+    ``timm:hf-hub:NAME``, whose configuration is on the hub)."""
+    hub = spec.startswith("timm:" + timm_any.HUB)
+    if spec.startswith("timm:") and ("@" not in spec or hub):
+        local = "timm:ARCH@FILE, the architecture with a local file" if hub else f"{spec}@FILE"
         raise MedvtabError(f"{spec}: its weights would be downloaded from the hub, and loading a run never "
-                           f"downloads unless asked: pass --allow-download, or give a local file ({spec}@FILE)")
+                           f"downloads unless asked: pass --allow-download, or give a local file ({local})")
 
 
 def load_backbone(spec: str, *, img_size: int | None = None, depth: int | None = None,

@@ -1,8 +1,13 @@
 """``timm:NAME`` and ``timm:NAME@FILE``: any timm ViT, with weights from the hub or from a local file; and
 :func:`from_model`, a timm ViT object built in Python (``medvtab.load_backbones``).
 
-Local files go through timm's own pretrained-loading path (its per-model checkpoint filter, strict loading);
-medvtab only points it at the file. The classifier head of the checkpoint is dropped: medvtab trains its own.
+NAME is what ``timm.create_model`` takes: an architecture (``vit_base_patch16_224``), an architecture with a
+pretrained tag (``vit_base_patch16_224.augreg_in21k``: that tag's weights, input size and normalisation) or a
+Hugging Face hub model (``hf-hub:timm/vit_base_patch16_224.augreg_in21k``, whose configuration itself lives on the
+hub, so it needs the network even with a local file). ``@`` always starts a local weights file, never a hub
+revision. Local files go through timm's own pretrained-loading path (its per-model checkpoint filter, strict
+loading); medvtab only points it at the file. The classifier head of the checkpoint is dropped: medvtab trains
+its own.
 """
 from __future__ import annotations
 
@@ -10,15 +15,32 @@ from pathlib import Path
 
 import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import split_model_name_tag
 from timm.models.vision_transformer import VisionTransformer
 
 from medvtab.backbones.vit import ViTBackbone
 from medvtab.errors import MedvtabError
 
 
+HUB = "hf-hub:"
+
+
+def check_name(name: str, spec: str) -> None:
+    """A one-line error for an architecture timm does not have, or a pretrained tag it has no weights for
+    (hub names are checked by the hub)."""
+    if name.startswith(HUB):
+        return
+    arch, tag = split_model_name_tag(name)
+    if arch not in timm.list_models():
+        raise MedvtabError(f"{spec}: timm has no model named '{arch}'")
+    if tag and name not in timm.list_pretrained(arch + ".*"):
+        tags = [n.partition(".")[2] for n in timm.list_pretrained(arch + ".*")]
+        raise MedvtabError(f"{spec}: timm has no pretrained tag '{tag}' for '{arch}'; its tags: "
+                           f"{', '.join(tags) or 'none'}")
+
+
 def build(name: str, file, *, spec: str, img_size: int | None = None, depth: int | None = None):
-    if name not in timm.list_models():
-        raise MedvtabError(f"{spec}: timm has no model named '{name}'")
+    check_name(name, spec)
     kwargs = {"num_classes": 0}
     if img_size:
         kwargs["img_size"] = img_size
@@ -34,7 +56,12 @@ def build(name: str, file, *, spec: str, img_size: int | None = None, depth: int
         raise
     except Exception as err:  # noqa: BLE001 - timm reports download and key mismatches in many forms
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        where = f"{file}" if file is not None else f"{spec} (hub download; offline? give a local file: {spec}@FILE)"
+        if name.startswith(HUB):
+            where = f"{spec} (hub download; offline? give the timm architecture with a local file: timm:ARCH@FILE)"
+        elif file is not None:
+            where = f"{file}"
+        else:
+            where = f"{spec} (hub download; offline? give a local file: {spec}@FILE)"
         raise MedvtabError(f"{where}: could not load weights: {first[:300]}") from None
     size = img_size or model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
     return from_model(model, spec=spec, input_size=size)
