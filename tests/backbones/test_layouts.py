@@ -185,20 +185,19 @@ def test_dinov2_timm_and_meta_layouts_give_identical_outputs(backbones, states):
 
 
 def test_dinov2_block_by_block_run_matches_timms_own_forward(backbones, states):
-    """timm's model at 518 px with dynamic image size resamples positions at run time: the same result."""
+    """timm's model at 196 px holding the same (resampled) position table: the same result. The table itself
+    follows Meta's rule, checked against Meta's model in test_reference_features.py."""
     with torch.random.fork_rng(devices=[]):
         ref = timm.create_model("vit_base_patch14_dinov2", pretrained=False, num_classes=0, depth=2,
-                                dynamic_img_size=True).eval()
-    ref.load_state_dict(states["dinov2-timm"], strict=True)
+                                img_size=196).eval()
     bb = backbones["dinov2-meta"]
+    ref.load_state_dict({**states["dinov2-timm"], "pos_embed": bb.model.pos_embed.detach()}, strict=True)
     images = _images(196, seed=3)
     with torch.no_grad():
         expected = ref(bb.preprocess(images))
         got = bb(images)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
-
-# --- 2. LVM-Med: SAM's image encoder layout ----------------------------------------------------------------
 
 def test_lvmmed_layout_loads_at_224_px_with_resized_positions(backbones, states):
     bb = backbones["lvmmed"]

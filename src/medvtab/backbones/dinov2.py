@@ -2,14 +2,17 @@
 
 Accepts timm's key layout and Meta's original hub layout (``mask_token``, ``blocks.N.ls1.gamma``, position
 embeddings for 518 px). Default input 196 px = a 14x14 grid of 14 px patches, to align with 16 px backbones
-at 224 px.
+at 224 px. The 37x37 position table is resampled to the input's grid the way Meta's model does it at run time
+(:func:`resample_pos_embed`), for both layouts: both are DINOv2, and the paper ran Meta's code.
 """
 from __future__ import annotations
 
+import math
+
 import timm
 import torch
+import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import resample_abs_pos_embed
 
 from medvtab.backbones.checkpoint import load_strict, read_state_dict
 from medvtab.backbones.vit import ViTBackbone
@@ -24,6 +27,24 @@ DEFAULT_INPUT_SIZE = 196
 PRETRAINED_ON = ("lvd-142m",)
 
 
+# Meta's DinoVisionTransformer defaults: interpolate_offset=0.1, interpolate_antialias=False.
+INTERPOLATE_OFFSET = 0.1
+
+
+def resample_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(1, 1 + M*M, C) -> (1, 1 + gh*gw, C) by Meta's ``interpolate_pos_encoding``: bicubic in float32, no
+    antialiasing, with the scale factors ``(g + 0.1) / M`` rather than an output size (which rounds to the
+    same grid but samples at other positions than timm's ``resample_abs_pos_embed``: 2.5 % apart at 196 px)."""
+    cls, patches = pos[:, :1], pos[:, 1:]
+    side = math.isqrt(patches.shape[1])
+    table = patches.float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    scale = tuple((g + INTERPOLATE_OFFSET) / side for g in grid)
+    table = F.interpolate(table, scale_factor=scale, mode="bicubic", antialias=False)
+    if tuple(table.shape[-2:]) != tuple(grid):
+        raise ValueError(f"position table resampled to {tuple(table.shape[-2:])}, expected {tuple(grid)}")
+    return torch.cat([cls.float(), table.permute(0, 2, 3, 1).reshape(1, -1, table.shape[1])], 1).to(pos.dtype)
+
+
 def convert_dinov2(state_dict: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]:
     """Meta's hub layout (or timm's) -> timm's layout at ``model``'s grid."""
     out = dict(state_dict)
@@ -31,8 +52,7 @@ def convert_dinov2(state_dict: dict[str, torch.Tensor], model) -> dict[str, torc
     pos = out.get("pos_embed")
     target = model.pos_embed
     if pos is not None and pos.ndim == 3 and pos.shape != target.shape:
-        out["pos_embed"] = resample_abs_pos_embed(
-            pos, new_size=model.patch_embed.grid_size, num_prefix_tokens=model.num_prefix_tokens)
+        out["pos_embed"] = resample_pos_embed(pos, tuple(model.patch_embed.grid_size))
     return out
 
 

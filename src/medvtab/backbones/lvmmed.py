@@ -3,9 +3,12 @@
 ``lvmmed_vit.pth`` is a raw state dict of SAM's ``ImageEncoderViT``: ``mlp.lin1/lin2``, windowed attention with
 global blocks 2, 5, 8, 11, relative position tables, an absolute ``pos_embed`` of shape (1, 64, 64, 768) for
 1024 px, and a ``neck`` that medvtab loads (strictly) but does not use. timm's ``samvit_base_patch16`` hosts it
-once keys are renamed and position tables resized for the input size (224 px -> a 14x14 grid by default).
+once keys are renamed and position tables resized for the input size (224 px -> a 14x14 grid by default), with
+SAM's own LayerNorm eps (1e-6; timm's default is 1e-5).
 """
 from __future__ import annotations
+
+from functools import partial
 
 import timm
 import torch
@@ -17,6 +20,7 @@ from medvtab.backbones.checkpoint import load_strict, read_state_dict
 from medvtab.backbones.sam import SamBackbone
 
 DEFAULT_INPUT_SIZE = 224
+SAM_LAYER_NORM_EPS = 1e-6  # segment_anything's build_sam; the features differ (~1e-5 relative) under timm's 1e-5
 # Med-VTAB tasks that are in LVM-Med's pre-training collection: evaluating on them leaks.
 PRETRAINED_ON = ("hyperkvasir", "kvasir", "isic", "aptos", "eyepacs")
 
@@ -51,7 +55,8 @@ def build(variant: str, file, *, spec: str, img_size: int | None = None, depth: 
     kwargs = {}
     if depth:  # depth-reduced variants (tests): keep SAM's pattern of a global block every third
         kwargs = {"depth": depth, "global_attn_indexes": tuple(i for i in range(depth) if i % 3 == 2)}
-    model = timm.create_model("samvit_base_patch16", pretrained=False, num_classes=0, img_size=size, **kwargs)
+    model = timm.create_model("samvit_base_patch16", pretrained=False, num_classes=0, img_size=size,
+                              norm_layer=partial(nn.LayerNorm, eps=SAM_LAYER_NORM_EPS), **kwargs)
     load_strict(model, convert_lvmmed(read_state_dict(file), model), spec)
     model.neck = nn.Identity()  # loaded for strictness, never used: blocks' tokens are what DynaMer merges
     return SamBackbone(model, spec=spec, input_size=size, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
