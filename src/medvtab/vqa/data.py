@@ -30,12 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
+from medvtab.data.images import read_image
 from medvtab.data.loading import shared_root
-from medvtab.errors import MedvtabError, first_line
+from medvtab.errors import MedvtabError
 from medvtab.vqa.metrics import normalize_answer
 
 log = logging.getLogger(__name__)
@@ -406,15 +405,10 @@ def drop_leaked(train: list, held_out: list) -> tuple[list, int]:
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:
-    """uint8 ``(3, size, size)`` RGB, bilinear-resized with PIL (grey images replicated to three channels)."""
-    try:
-        with Image.open(path) as img:
-            rgb = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-    except Image.DecompressionBombError as err:  # Pillow refuses at open above twice its limit
-        raise MedvtabError(f"{path}: image refused, too large ({first_line(err)})") from None
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise MedvtabError(f"{path}: unreadable image ({first_line(err)})") from None
-    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+    """uint8 ``(3, size, size)``: :func:`medvtab.data.images.read_image` (bilinear, bombs refused, more than 8 bits
+    rescaled), grey replicated to three channels."""
+    image = torch.from_numpy(read_image(Path(path), size)).permute(2, 0, 1)
+    return image.expand(3, -1, -1).contiguous()
 
 
 _cached_image = functools.lru_cache(maxsize=IMAGE_CACHE_SIZE)(load_image)
