@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from medvtab.data.convert import read_dicom, read_nifti
+from medvtab.data.dicom_nifti import read_dicom, read_nifti
 from medvtab.errors import MedvtabError
 from medvtab.extras import require
 

@@ -425,3 +425,79 @@ def test_csv_paths_outside_the_raw_root_need_allow_outside_root(tmp_path, real):
     meta = prepare("c", raw, tmp_path / "out", layout="csv", image_size=SIZE, allow_outside_root=True)
     assert meta["images"] == 2
     assert read_manifest(tmp_path / "out")[1]["source_path"] == str((tmp_path / "outside.png").resolve())
+
+
+# ---------------------------------------------------------------- at scale: workers, progress, memory
+
+def prepared_bytes(out: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+@pytest.mark.parametrize("layout", ["imagefolder", "nifti"])
+def test_workers_write_the_same_bytes_and_report_progress(tmp_path, real, monkeypatch, layout):
+    """Two worker processes give byte-identical files to one (in process), through the array's reshapes: grey
+    widened to RGB when a colour image comes mid-way, a volume with fewer slices than asked cutting the array."""
+    import nibabel as nib
+
+    from medvtab.data import decoding
+
+    monkeypatch.setattr(decoding, "CHUNK", 3)  # several chunks in flight on a small set
+    images, labels = real
+    raw = tmp_path / "raw"
+    if layout == "imagefolder":
+        write_folder(raw, images, labels, split_of=lambda i: ("train", "test", "val")[i % 3])
+        Image.fromarray(np.stack([images[0], images[5], images[9]], -1)).save(raw / "train" / "normal" / "rgb.png")
+        (raw / "val" / "pneumonia" / "broken.png").write_bytes(b"not a png")
+    else:
+        for v in range(8):  # volume 3 has 2 slices, the others 5; 3 of them are asked for
+            vol = np.stack(list(images[v * 5:v * 5 + (2 if v == 3 else 5)]), axis=2).astype(np.int16)
+            (raw / CLASSES[v % 2]).mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(vol, np.eye(4)), raw / CLASSES[v % 2] / f"vol{v}.nii.gz")
+    if layout == "imagefolder":
+        for workers in (1, 2):
+            with pytest.raises(MedvtabError, match=r"^1 unreadable image file\(s\): val/pneumonia/broken.png \("):
+                prepare("w", raw, tmp_path / f"bad{workers}", layout=layout, image_size=SIZE, workers=workers)
+            no_leftovers(tmp_path / f"bad{workers}")
+        (raw / "val" / "pneumonia" / "broken.png").unlink()
+    seen = {1: [], 2: []}
+    for workers in (1, 2):
+        prepare("w", raw, tmp_path / f"w{workers}", layout=layout, image_size=SIZE, slices=3, workers=workers,
+                on_progress=lambda done, total, w=workers: seen[w].append((done, total)))
+    assert prepared_bytes(tmp_path / "w1") == prepared_bytes(tmp_path / "w2")
+    stored = np.load(tmp_path / "w1" / "images_28.npy")
+    if layout == "imagefolder":
+        assert stored.shape == (41, SIZE, SIZE, 3)
+        assert np.array_equal(stored[0], np.repeat(images[0][..., None], 3, -1))  # train/normal/img000.png
+    else:
+        assert stored.shape == (7 * 3 + 2, SIZE, SIZE, 1)
+    files = 41 if layout == "imagefolder" else 8
+    for calls in seen.values():
+        done = [d for d, _ in calls]
+        assert done == sorted(done) and calls[-1] == (files, files) and {t for _, t in calls} == {files}
+    assert len(seen[2]) < len(seen[1]) == files  # one call per file in process, one per chunk from workers
+
+
+def test_decoded_images_are_never_all_in_memory(tmp_path, real):
+    """The Python heap's peak while preparing 240 images stays far below their decoded size: each image goes into
+    the memory-mapped array as it is decoded (a list of decoded images, as before, would hold them all)."""
+    import tracemalloc
+
+    images, labels = real
+    raw = tmp_path / "raw"
+    for i in range(6):
+        write_folder(raw / f"copy{i}", images, labels)
+    raw = raw / "all"
+    for i in range(6):
+        for f in (tmp_path / "raw" / f"copy{i}").rglob("*.png"):
+            (raw / f.parent.name).mkdir(parents=True, exist_ok=True)
+            f.rename(raw / f.parent.name / f"{i}-{f.name}")
+    size = 160
+    decoded_bytes = 240 * size * size
+    tracemalloc.start()
+    try:
+        prepare("mem", raw, tmp_path / "prep", layout="imagefolder", image_size=size, workers=1)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert np.load(tmp_path / "prep" / f"images_{size}.npy", mmap_mode="r").shape == (240, size, size, 1)
+    assert peak < decoded_bytes / 4, (peak, decoded_bytes)

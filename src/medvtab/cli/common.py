@@ -1,14 +1,16 @@
-"""What every command group shares: notes on stderr, the training progress bar, ``KEY=VALUE`` options and the
-one-line error handler."""
+"""What every command group shares: notes on stderr, the training and counting progress bars, ``KEY=VALUE``
+options and the one-line error handler."""
 from __future__ import annotations
 
 import json
 import sys
+import time
 from contextlib import contextmanager
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 
 from medvtab.atomic import CAUSES
 from medvtab.errors import MedvtabError
@@ -32,6 +34,27 @@ def loss_progress(description: str):
         def on_step(step, total, loss):
             progress.update(bar, completed=step, total=total, loss=f"loss {loss:.4f}")
         yield on_step
+
+
+@contextmanager
+def count_progress(description: str, unit: str):
+    """Progress over a count of things; yields ``on_progress(done, total)``. On a terminal a bar; elsewhere (a
+    scheduler's log, nohup, CI) one plain line on stderr at each tenth and at the end."""
+    if err_console.is_terminal:
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TimeRemainingColumn(), console=err_console) as progress:
+            bar = progress.add_task(description, total=None)
+            yield lambda done, total: progress.update(bar, completed=done, total=total)
+        return
+    start, shown = time.monotonic(), [-1]
+
+    def on_progress(done: int, total: int) -> None:
+        tenth = 10 * done // max(total, 1)
+        if tenth > shown[0]:
+            shown[0] = tenth
+            print(f"{description}: {done}/{total} {unit} ({100 * done // max(total, 1)}%), "
+                  f"{time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
+    yield on_progress
 
 
 def epoch_lines(epochs: int):

@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 
+from medvtab.cli.common import count_progress
 from medvtab.errors import MedvtabError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -105,11 +106,14 @@ def prepare(
                                                  "as unknown, masked from loss and metrics), zeros or ones."),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="csv layout: accept image paths "
                                                                               "that resolve outside --src."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Decoding processes (default: the CPU count; 1: in "
+                                                            "this process). The output does not depend on it."),
 ):
     """Convert a raw download into a prepared directory (task.json, manifest.csv, images_<size>.npy).
 
-    Images are decoded once; `medvtab train DIR` then reads them memory-mapped. Multi-label CSVs (several
-    label columns, or labels joined by | or ;) give a multi-label task.
+    Images are decoded once, straight into the memory-mapped .npy (memory does not grow with the set), in
+    --workers processes; `medvtab train DIR` then reads them memory-mapped. Multi-label CSVs (several label
+    columns, or labels joined by | or ;) give a multi-label task.
     """
     # imported here, not at the top: keeps CLI start-up fast
     from medvtab.data.convert import prepare as run_prepare
@@ -120,10 +124,11 @@ def prepare(
             raise ValueError
     except ValueError:
         raise MedvtabError(f"option '--window': expected 'center,width' (e.g. 40,400), got '{window}'") from None
-    meta = run_prepare(task, src, out, layout=layout, image_size=image_size, csv_path=csv_file,
-                       label_column=label_column, image_column=image_column, patient_column=patient_column,
-                       split_column=split_column, window=ct_window, slices=slices,
-                       uncertain=uncertain, allow_outside_root=allow_outside_root)
+    with count_progress(f"prepare {task}", "files") as on_progress:
+        meta = run_prepare(task, src, out, layout=layout, image_size=image_size, csv_path=csv_file,
+                           label_column=label_column, image_column=image_column, patient_column=patient_column,
+                           split_column=split_column, window=ct_window, slices=slices, uncertain=uncertain,
+                           allow_outside_root=allow_outside_root, workers=workers, on_progress=on_progress)
     kind = "labels (multi-label)" if meta["task_type"] == "multi-label" else "classes"
     print(f"prepared {meta['name']}: {meta['images']} images, {meta['num_classes']} {kind}, "
           f"{meta['image_size']}x{meta['image_size']}x{meta['channels']} ({meta['layout']}) -> {out}")

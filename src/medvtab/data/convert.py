@@ -30,13 +30,20 @@ Layouts:
   file name (without .nii / .nii.gz) is both its patient id and its study id.
 
 Every image is resized (bilinear) to ``--image-size`` square and stored uint8; grey stays one channel unless
-the source mixes grey and colour (then all become RGB). Unreadable files raise MedvtabError naming the file
-(walkers of imagefolder / dicom / nifti folders collect them and report the count and the first few).
+the source mixes grey and colour (then all become RGB). Unreadable files are collected and reported in one
+MedvtabError: the count and the first few, named.
+
+At scale: the sources are listed first (names, labels, splits: nothing decoded), in the prepared order; then
+they are decoded in that order (:func:`medvtab.data.decoding.decode_in_order`, in ``workers`` processes) straight
+into the memory-mapped .npy (:class:`medvtab.data.manifest.PreparedWriter`), so memory does not grow with the
+number of images, and any worker count writes the same bytes.
 """
 from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,8 +52,9 @@ import numpy as np
 from medvtab.atomic import staged_dir
 from medvtab.data import manifest
 from medvtab.data.catalogue import get_task, task_dict
-from medvtab.data.dicom_nifti import DEFAULT_SLICES, DEFAULT_WINDOW, nifti_stem, read_dicom, read_nifti
-from medvtab.data.images import IMAGE_SUFFIXES, grey_to_rgb_if_mixed, read_image, resize
+from medvtab.data.decoding import Options, Source, decode_in_order, default_workers
+from medvtab.data.dicom_nifti import DEFAULT_SLICES, DEFAULT_WINDOW, nifti_stem
+from medvtab.data.images import IMAGE_SUFFIXES
 from medvtab.data.loading import class_folder_files, read_npz
 from medvtab.errors import MedvtabError, first_line
 
@@ -63,8 +71,9 @@ UNCERTAIN_POLICIES = ("ignore", "zeros", "ones")
 MULTI_SEPARATORS = "|;"
 
 
-@dataclass
+@dataclass(slots=True)
 class Item:
+    """One manifest row as listed (a NIfTI volume's item stands for each of its slices)."""
     source_path: str
     label: str | int | tuple[int, ...]  # a tuple of 1 / 0 / -1 for a multi-label task
     patient_id: str = ""
@@ -88,32 +97,23 @@ def _walk(root: Path, match=None) -> list[tuple[Path, str, str]]:
     return found
 
 
-# ---------------------------------------------------------------- layouts: (items, images, policy)
+# ---------------------------------------------------------------- layouts: (items, sources, policy), nothing decoded
 
-def _imagefolder(src: Path, size: int, **_) -> tuple[list[Item], list[np.ndarray], dict]:
-    items, images, bad = [], [], []
-    for f, cls, split in _walk(src):
-        try:
-            images.append(read_image(f, size))
-        except MedvtabError as err:
-            bad.append((f.relative_to(src), str(err).split(": ", 1)[-1]))
-            continue
-        items.append(Item(f.relative_to(src).as_posix(), cls, split=split))
-    _fail_many("image", bad)
-    return items, images, {"resize": "bilinear"}
+def _listed(src: Path, kind: str, match=None) -> tuple[list[Item], list[Source]]:
+    items, sources = [], []
+    for f, cls, split in _walk(src, match):
+        rel = f.relative_to(src).as_posix()
+        vid = nifti_stem(f) if kind == "nifti" else ""
+        items.append(Item(rel, cls, vid, vid, split))
+        sources.append(Source(kind, f))
+    return items, sources
 
 
-def _dicom(src: Path, size: int, window=None, **_) -> tuple[list[Item], list[np.ndarray], dict]:
-    items, images, bad = [], [], []
-    for f, cls, split in _walk(src, lambda f: f.suffix.lower() == ".dcm"):
-        try:
-            arr, pid, study = read_dicom(f, window)
-        except MedvtabError as err:
-            bad.append((f.relative_to(src), str(err).split(": ", 1)[-1]))
-            continue
-        images.append(resize(arr, size))
-        items.append(Item(f.relative_to(src).as_posix(), cls, pid, study, split))
-    _fail_many("DICOM", bad)
+def _imagefolder(src: Path, **_) -> tuple[list[Item], list[Source], dict]:
+    return *_listed(src, "image"), {"resize": "bilinear"}
+
+
+def _dicom(src: Path, window=None, **_) -> tuple[list[Item], list[Source], dict]:
     policy = {"modality_lut": "pydicom apply_modality_lut (RescaleSlope, RescaleIntercept or a Modality LUT)",
               "voi": "the file's own VOI LUT or first window (pydicom apply_voi_lut), output range onto 0..255",
               "ct_window": ({"center": window[0], "width": window[1], "over": "the files' own"} if window else
@@ -121,37 +121,25 @@ def _dicom(src: Path, size: int, window=None, **_) -> tuple[list[Item], list[np.
               "no_window": "min-max per image", "monochrome1": "inverted",
               "multi_frame": "middle frame", "patient_id": "PatientID", "study_id": "StudyInstanceUID",
               "resize": "bilinear"}
-    return items, images, policy
+    return *_listed(src, "dicom", lambda f: f.suffix.lower() == ".dcm"), policy
 
 
-def _nifti(src: Path, size: int, slices=DEFAULT_SLICES, **_) -> tuple[list[Item], list[np.ndarray], dict]:
-    items, images, bad = [], [], []
-    for f, cls, split in _walk(src, lambda f: f.name.lower().endswith((".nii", ".nii.gz"))):
-        try:
-            planes = read_nifti(f, slices)
-        except MedvtabError as err:
-            bad.append((f.relative_to(src), str(err).split(": ", 1)[-1]))
-            continue
-        vid = nifti_stem(f)
-        for plane in planes:
-            images.append(resize(plane, size))
-            items.append(Item(f.relative_to(src).as_posix(), cls, vid, vid, split))
-    _fail_many("NIfTI", bad)
+def _nifti(src: Path, slices=DEFAULT_SLICES, **_) -> tuple[list[Item], list[Source], dict]:
     policy = {"orientation": "closest canonical (RAS); 4-D: first volume", "plane": "axial, np.rot90(vol[:, :, z])",
               "slices": f"middle {slices} per volume (all if fewer)", "slices_per_volume": slices,
               "intensity": "min-max per volume", "patient_id": "volume file name", "study_id": "volume file name",
               "resize": "bilinear"}
-    return items, images, policy
+    return *_listed(src, "nifti", lambda f: f.name.lower().endswith((".nii", ".nii.gz"))), policy
 
 
-def _npz(src: Path, size: int, **_) -> tuple[list[Item], list[np.ndarray], dict]:
+def _npz(src: Path, **_) -> tuple[list[Item], list[Source], dict]:
     if src.is_dir():
         found = sorted(src.glob("*.npz"))
         if len(found) != 1:
             raise MedvtabError(f"{src}: expected one .npz file (or pass it as --src), found {len(found)}")
         src = found[0]
     parts = read_npz(src)
-    items, images = [], []
+    items, sources = [], []
     for key in ("train", "val", "test", "pool"):
         if key not in parts:
             continue
@@ -161,9 +149,9 @@ def _npz(src: Path, size: int, **_) -> tuple[list[Item], list[np.ndarray], dict]
             name = "images" if key == "pool" else f"{key}_images"
             items.append(Item(f"{src.name}:{name}[{i}]", int(split.labels[i]), pid,
                               split="" if key == "pool" else key))
-            images.append(resize(split.images[i], size))
+            sources.append(Source("array", split.images[i]))
     policy = {"resize": "bilinear", "class_names": parts.get("class_names")}
-    return items, images, policy
+    return items, sources, policy
 
 
 def _pick(header: list[str], given: str | None, candidates, what: str, required: bool) -> str | None:
@@ -199,8 +187,8 @@ def _component(rel: str, pattern: str) -> str:
     return next((part for part in Path(rel).parts if re.fullmatch(pattern, part, re.IGNORECASE)), "")
 
 
-def _csv(src: Path, size: int, csv_path=None, label_column=None, image_column=None, patient_column=None,
-         split_column=None, window=None, uncertain="ignore", allow_outside_root=False, **_) -> tuple[list[Item], list[np.ndarray], dict]:
+def _csv(src: Path, csv_path=None, label_column=None, image_column=None, patient_column=None, split_column=None,
+         uncertain="ignore", allow_outside_root=False, **_) -> tuple[list[Item], list[Source], dict]:
     file = Path(csv_path) if csv_path is not None else src / "labels.csv"
     if not file.is_file():
         raise MedvtabError(f"{file}: no such CSV file (pass --csv FILE)")
@@ -258,7 +246,7 @@ def _csv(src: Path, size: int, csv_path=None, label_column=None, image_column=No
             return tuple(int(name in tokens) for name in label_names)
         return value
 
-    items, images = [], []
+    items, sources = [], []
     for n, r in enumerate(rows, start=2):
         rel = (r[image_col] or "").strip()
         label = label_of(r)
@@ -281,12 +269,7 @@ def _csv(src: Path, size: int, csv_path=None, label_column=None, image_column=No
                 raise MedvtabError(f"{file}: line {n}: split '{r[split_col]}' is not train, val or test")
         pid = (r[patient_col] or "").strip() if patient_col else _component(rel, r"patient\d+")
         study = (r[study_col] or "").strip() if study_col else _component(rel, r"study\d+")
-        if path.suffix.lower() == ".dcm":
-            arr, dpid, dstudy = read_dicom(path, window)
-            image, pid, study = resize(arr, size), pid or dpid, study or dstudy
-        else:
-            image = read_image(path, size)
-        images.append(image)
+        sources.append(Source("dicom" if path.suffix.lower() == ".dcm" else "image", path))
         items.append(Item(path.relative_to(src).as_posix() if inside else str(path.resolve()), label, pid, study,
                           split))
     policy = {"csv": str(file), "image_column": image_col, "label_column": label_col, "one_hot_columns": one_hot,
@@ -294,10 +277,11 @@ def _csv(src: Path, size: int, csv_path=None, label_column=None, image_column=No
     if label_names:
         policy.update(multi_label_columns=multi_columns, label_names=label_names, uncertain=uncertain,
                       blank="negative (not mentioned)")
-    return items, images, policy
+    return items, sources, policy
 
 
 READERS = {"imagefolder": _imagefolder, "csv": _csv, "npz": _npz, "dicom": _dicom, "nifti": _nifti}
+UNREADABLE = {"imagefolder": "image", "csv": "image", "npz": "image", "dicom": "DICOM", "nifti": "NIfTI"}
 
 
 # ---------------------------------------------------------------- prepare
@@ -328,8 +312,12 @@ def prepare(task: str, src: str | Path, out: str | Path, *, layout: str | None =
             csv_path: str | Path | None = None, label_column: str | None = None, image_column: str | None = None,
             patient_column: str | None = None, split_column: str | None = None,
             window: tuple[float, float] | None = None, slices: int = DEFAULT_SLICES,
-            uncertain: str = "ignore", allow_outside_root: bool = False) -> dict:
-    """Convert ``src`` into the prepared directory ``out``; returns its task.json. See the module docstring."""
+            uncertain: str = "ignore", allow_outside_root: bool = False, workers: int | None = None,
+            on_progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
+    """Convert ``src`` into the prepared directory ``out``; returns its task.json. See the module docstring.
+
+    ``workers``: decoding processes (default: the CPU count; 1: this process); the output does not depend on it.
+    ``on_progress(done, total)``: called as sources (files, array rows) are decoded."""
     src, out = Path(src), Path(out)
     try:
         info = get_task(task)
@@ -348,6 +336,9 @@ def prepare(task: str, src: str | Path, out: str | Path, *, layout: str | None =
         raise MedvtabError(f"option '--slices': must be at least 1, got {slices}")
     if window is not None and window[1] <= 0:
         raise MedvtabError(f"option '--window': width must be positive, got {window[1]}")
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise MedvtabError(f"option '--workers': must be at least 1, got {workers}")
     if not src.exists() or (layout != "npz" and not src.is_dir()):
         raise MedvtabError(f"{src}: no such {'file or ' if layout == 'npz' else ''}directory")
     if out.exists() and not out.is_dir():
@@ -355,19 +346,43 @@ def prepare(task: str, src: str | Path, out: str | Path, *, layout: str | None =
     if out.exists() and any(out.iterdir()):
         raise MedvtabError(f"{out}: output directory exists and is not empty; choose a new --out")
 
-    items, images, policy = READERS[layout](src, image_size, csv_path=csv_path, label_column=label_column,
-                                            image_column=image_column, patient_column=patient_column,
-                                            split_column=split_column, window=None if window is None else tuple(window), slices=slices,
-                                            uncertain=uncertain, allow_outside_root=allow_outside_root)
+    items, sources, policy = READERS[layout](src, csv_path=csv_path, label_column=label_column,
+                                             image_column=image_column, patient_column=patient_column,
+                                             split_column=split_column, window=window, slices=slices,
+                                             uncertain=uncertain, allow_outside_root=allow_outside_root)
+    splits = [it.split for it in items]
+    if all(splits):  # decoded in the prepared order: train, val, test (stable), each split a contiguous range
+        order = sorted(range(len(items)), key=lambda i: ("train", "val", "test").index(splits[i]))
+        items, sources = [items[i] for i in order], [sources[i] for i in order]
+    options = Options(image_size, None if window is None else tuple(window), slices)
+    capacity, total = sum(s.images_at_most(options) for s in sources), len(sources)
+    with (staged_dir(out) as stage, manifest.PreparedWriter(stage, image_size, capacity) as writer,
+          closing(decode_in_order(sources, options, workers, lambda done: on_progress(done, total))) as decoded):
+        rows_items, bad = [], []  # one reference per image written (a volume's item once per slice)
+        for it, got in zip(items, decoded, strict=True):
+            if got.error:
+                bad.append((it.source_path, got.error))
+                continue
+            it.patient_id, it.study_id = it.patient_id or got.patient_id, it.study_id or got.study_id
+            for image in got.images:
+                writer.add(image)
+                rows_items.append(it)
+        _fail_many(UNREADABLE[layout], bad)
+        meta, rows = _describe(task, info, src, layout, image_size, rows_items, policy)
+        meta.update(channels=writer.channels, images=writer.count)
+        writer.finish(meta, rows)
+    return meta
+
+
+def _describe(task: str, info, src: Path, layout: str, image_size: int, items: list[Item], policy: dict):
+    """(task.json, manifest rows (an iterator)) of the decoded ``items``; task.json's ``channels`` and ``images``
+    are left for the writer to fill in (their place in it kept)."""
     if not items:
         raise MedvtabError(f"{src}: no images found")
     splits = [it.split for it in items]
     if any(splits) and not all(splits):
         raise MedvtabError(f"{src}: {sum(not s for s in splits)} of {len(items)} images have no split; give a "
                            f"split for every image or for none")
-    order = sorted(range(len(items)), key=lambda i: ("train", "val", "test").index(splits[i])) if all(splits) \
-        else list(range(len(items)))
-    items, images = [items[i] for i in order], [images[i] for i in order]
     multi = "label_names" in policy
     if multi:
         labels, class_names = np.array([it.label for it in items], dtype=np.int8), list(policy["label_names"])
@@ -379,17 +394,13 @@ def prepare(task: str, src: str | Path, out: str | Path, *, layout: str | None =
                            f"columns with --label-column A,B,C")
     if len(class_names) < 2:
         raise MedvtabError(f"{src}: need at least 2 classes, found {len(class_names)}")
-    channels = {im.shape[-1] for im in images}
-    images = grey_to_rgb_if_mixed(images)
     meta = {"name": info.name if info else task, "task_type": "multi-label" if multi else "multi-class",
             "num_classes": len(class_names), "class_names": class_names,
             "source": str(src.resolve()), "layout": layout, "image_size": image_size,
-            "channels": max(channels), "images": len(items),
+            "channels": None, "images": len(items),
             "patients": len({it.patient_id for it in items if it.patient_id}) or None,
             "registry": task_dict(info) if info else None, "policy": policy}
-    rows = [{"index": i, "source_path": it.source_path,
+    rows = ({"index": i, "source_path": it.source_path,
              "label": ";".join(str(int(v)) for v in y) if multi else int(y), "patient_id": it.patient_id,
-             "study_id": it.study_id, "split": it.split} for i, (it, y) in enumerate(zip(items, labels))]
-    with staged_dir(out) as stage:
-        manifest.write_prepared(stage, meta, rows, images)
-    return meta
+             "study_id": it.study_id, "split": it.split} for i, (it, y) in enumerate(zip(items, labels)))
+    return meta, rows

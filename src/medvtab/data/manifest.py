@@ -12,16 +12,17 @@ A prepared directory holds:
   ``split`` is train / val / test for every row, or empty for every row (the pool is then split by
   :func:`load_task` as a pooled .npz is: 70/10/20, patient-disjoint where every row has a patient id).
   Rows with a split are ordered train, val, test, so ``index`` is each image's pool position.
-- ``images_<size>.npy``: every image decoded once, resized, uint8 ``(N, size, size, C)``; opened
-  memory-mapped, so training never decodes again.
+- ``images_<size>.npy``: every image decoded once, resized, uint8 ``(N, size, size, C)``; written and opened
+  memory-mapped (:class:`PreparedWriter`), so neither preparing nor training holds the images in memory.
 
 Nothing here imports torch. The directory is written into a staged sibling and renamed into place at the end
-(:func:`medvtab.atomic.staged_run_dir`), so a failure leaves no output directory.
+(:func:`medvtab.atomic.staged_dir`), so a failure leaves no output directory.
 """
 from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -35,6 +36,7 @@ TASK_JSON = "task.json"
 MANIFEST = "manifest.csv"
 COLUMNS = ("index", "source_path", "label", "patient_id", "study_id", "split")
 SPLITS = ("train", "val", "test")
+COPY_BYTES = 16 << 20  # the block of images copied at a time when the .npy is reshaped
 
 
 def images_name(size: int) -> str:
@@ -46,28 +48,72 @@ def is_prepared(path: Path) -> bool:
     return path.is_dir() and (path / TASK_JSON).is_file() and (path / MANIFEST).is_file()
 
 
-def write_prepared(stage: Path, meta: dict, rows: list[dict], images) -> None:
-    """Write the three files into ``stage`` (a staged directory: it appears complete or not at all).
+class PreparedWriter:
+    """A prepared directory written into ``stage`` (a staged directory: it appears complete or not at all), as a
+    context manager: :meth:`add` writes each image straight into the memory-mapped .npy, :meth:`finish` writes
+    manifest.csv and task.json. Memory does not grow with the number of images.
 
-    ``images``: a sequence of uint8 ``(H, W, C)`` arrays of one shape, written one by one into the .npy (no
-    stacked copy in memory)."""
-    stage = Path(stage)
-    if len(images) != len(rows):
-        raise ValueError(f"{len(rows)} rows for {len(images)} images")
-    shape = (len(images), *np.shape(images[0]))
-    out = np.lib.format.open_memmap(stage / images_name(int(meta["image_size"])), mode="w+", dtype=np.uint8,
-                                    shape=shape)
-    for i, im in enumerate(images):
-        out[i] = im
-    out.flush()
-    del out
-    with open(stage / MANIFEST, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
-        writer.writeheader()
-        writer.writerows({k: ("" if row.get(k) is None else row[k]) for k in COLUMNS} for row in rows)
-    with open(stage / TASK_JSON, "w") as f:
-        json.dump(meta, f, indent=2)
-        f.write("\n")
+    ``capacity``: at most this many images (the .npy is sized for it and cut down to the count at the end). The
+    first image fixes the channels; where grey and colour mix, all become RGB (grey repeated), as loading does."""
+
+    def __init__(self, stage: Path, image_size: int, capacity: int):
+        self.stage, self.size, self.capacity = Path(stage), image_size, capacity
+        self.path = self.stage / images_name(image_size)
+        self.count, self.channels, self._images = 0, 0, None
+
+    def __enter__(self) -> PreparedWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._images = None
+
+    def add(self, image: np.ndarray) -> None:
+        """``image``: uint8 ``(size, size, 1|3)``, the next row."""
+        if self.count >= self.capacity:
+            raise ValueError(f"more than the {self.capacity} images this writer was sized for")
+        if self._images is None:
+            self._reshape(self.capacity, image.shape[-1])
+        elif image.shape[-1] != self.channels:
+            if self.channels == 1:
+                self._reshape(self.capacity, 3)
+            else:
+                image = np.repeat(image, 3, -1)
+        self._images[self.count] = image
+        self.count += 1
+
+    def finish(self, meta: dict, rows) -> None:
+        """Cut the .npy down to the images added, write ``rows`` (dicts of :data:`COLUMNS`, one per image, in
+        order) as manifest.csv and ``meta`` as task.json."""
+        if self.count < self.capacity:
+            self._reshape(self.count, self.channels)
+        self._images.flush()
+        self._images = None
+        written = 0
+        with open(self.stage / MANIFEST, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in COLUMNS})
+                written += 1
+        if written != self.count:
+            raise ValueError(f"{written} rows for {self.count} images")
+        with open(self.stage / TASK_JSON, "w") as f:
+            json.dump(meta, f, indent=2)
+            f.write("\n")
+
+    def _reshape(self, rows: int, channels: int) -> None:
+        """A new .npy of ``rows`` images of ``channels``, the images so far copied in in bounded blocks."""
+        staged = self.path.with_name(f".{self.path.name}.new")
+        new = np.lib.format.open_memmap(staged, mode="w+", dtype=np.uint8,
+                                        shape=(rows, self.size, self.size, channels))
+        step = max(1, COPY_BYTES // (self.size * self.size * 3))
+        for i in range(0, self.count, step):
+            block = self._images[i:min(i + step, self.count)]
+            new[i:i + len(block)] = np.repeat(block, 3, -1) if block.shape[-1] != channels else block
+        new.flush()
+        self._images = None
+        os.replace(staged, self.path)
+        self._images, self.channels = new, channels
 
 
 class TaskMeta(BaseModel):
