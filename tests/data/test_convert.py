@@ -384,10 +384,11 @@ def test_cli_prepare_and_one_line_error(tmp_path, real):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "medvtab.cli", "data", "prepare"]
     ok = subprocess.run(cmd + ["cli-task", "--src", tmp_path / "raw", "--out", tmp_path / "prep", "--layout",
-                               "imagefolder", "--image-size", "16"], capture_output=True, text=True, env=env,
+                               "imagefolder", "--image-size", "16", "--workers", "2"], capture_output=True, text=True, env=env,
                         timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert "20 images, 2 classes" in ok.stdout and (tmp_path / "prep" / "images_16.npy").is_file()
+    assert "prepare cli-task: 20/20 files (100%)" in ok.stderr.splitlines()[-1]  # plain lines: not a terminal
     bad = subprocess.run(cmd + ["cli-task", "--src", tmp_path / "raw", "--out", tmp_path / "p2"], capture_output=True,
                          text=True, env=env, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

@@ -62,6 +62,21 @@ def test_class_folders_are_read_in_split_class_path_order(tmp_path):
                      ("train/b/2.png", "b", "train"), ("test/a/0.png", "a", "test")]
 
 
+def test_class_folder_walk_keeps_the_order_of_sorted_rglob(tmp_path):
+    """The lazy walk orders paths as sorted(rglob) does (part by part, so "a/z" before "a-b/c" before "a.b"),
+    takes symlinked files, and does not enter symlinked folders."""
+    rels = ("c/a/z.png", "c/a-b/c.png", "c/a.b", "c/a0.png", "c/A.png", "c/_x/.hidden.png", "c/a/b/c/d.png",
+            "c/a/b.png", "c/ab.png", "c/a b/1.png", "c/\u00e9.png")
+    for rel in rels:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    (tmp_path / "c" / "link.png").symlink_to(tmp_path / "c" / "a0.png")
+    (tmp_path / "c" / "linked-dir").symlink_to(tmp_path / "c" / "a")
+    expected = [f for f in sorted((tmp_path / "c").rglob("*")) if f.is_file()]
+    assert [f for f, _, _ in class_folder_files(tmp_path, lambda f: True)] == expected
+    assert len(expected) == len(rels) + 1
+
+
 def test_imagefolder_of_mixed_grey_and_colour_loads_as_rgb(tmp_path):
     rng = np.random.default_rng(0)
     for c, shape in (("a", (5, 7)), ("b", (6, 6, 3))):

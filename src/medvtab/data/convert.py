@@ -88,24 +88,20 @@ def _fail_many(what: str, bad: list[tuple[Path, str]]) -> None:
         raise MedvtabError(f"{len(bad)} unreadable {what} file(s): {named}{more}")
 
 
-def _walk(root: Path, match=None) -> list[tuple[Path, str, str]]:
-    """:func:`~medvtab.data.loading.class_folder_files`, an error where there are none."""
-    found = class_folder_files(root, match)
-    if not found:
-        raise MedvtabError(f"{root}: no matching files in class folders (expected RAW/CLASS/... or "
-                           f"RAW/{{train,val,test}}/CLASS/...)")
-    return found
-
-
 # ---------------------------------------------------------------- layouts: (items, sources, policy), nothing decoded
 
 def _listed(src: Path, kind: str, match=None) -> tuple[list[Item], list[Source]]:
+    """Items and sources of the class-folder files under ``src`` (:func:`~medvtab.data.loading.class_folder_files`),
+    paths kept as strings: a walk of 200,000 files holds no Path objects."""
     items, sources = [], []
-    for f, cls, split in _walk(src, match):
+    for f, cls, split in class_folder_files(src, match):
         rel = f.relative_to(src).as_posix()
         vid = nifti_stem(f) if kind == "nifti" else ""
         items.append(Item(rel, cls, vid, vid, split))
-        sources.append(Source(kind, f))
+        sources.append(Source(kind, str(f)))
+    if not items:
+        raise MedvtabError(f"{src}: no matching files in class folders (expected RAW/CLASS/... or "
+                           f"RAW/{{train,val,test}}/CLASS/...)")
     return items, sources
 
 
@@ -269,7 +265,7 @@ def _csv(src: Path, csv_path=None, label_column=None, image_column=None, patient
                 raise MedvtabError(f"{file}: line {n}: split '{r[split_col]}' is not train, val or test")
         pid = (r[patient_col] or "").strip() if patient_col else _component(rel, r"patient\d+")
         study = (r[study_col] or "").strip() if study_col else _component(rel, r"study\d+")
-        sources.append(Source("dicom" if path.suffix.lower() == ".dcm" else "image", path))
+        sources.append(Source("dicom" if path.suffix.lower() == ".dcm" else "image", str(path)))
         items.append(Item(path.relative_to(src).as_posix() if inside else str(path.resolve()), label, pid, study,
                           split))
     policy = {"csv": str(file), "image_column": image_col, "label_column": label_col, "one_hot_columns": one_hot,

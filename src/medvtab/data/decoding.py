@@ -35,11 +35,12 @@ class Options:
     slices: int = DEFAULT_SLICES
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Source:
-    """One thing to decode: ``kind`` (one of :data:`KINDS`) and where it is (a file, or an array for "array")."""
+    """One thing to decode: ``kind`` (one of :data:`KINDS`) and where it is (a file's path, or an array for
+    "array"). Paths are strings: a list of 200,000 Path objects alone would take ~100 MB."""
     kind: str
-    where: Path | np.ndarray
+    where: str | np.ndarray
 
     def images_at_most(self, options: Options) -> int:
         return options.slices if self.kind == "nifti" else 1
@@ -59,12 +60,12 @@ def decode(source: Source, options: Options) -> Decoded:
     """``source`` decoded under ``options``; an unreadable file gives ``Decoded(error=...)``, not an exception."""
     try:
         if source.kind == "image":
-            return Decoded([read_image(source.where, options.size)])
+            return Decoded([read_image(Path(source.where), options.size)])
         if source.kind == "dicom":
-            arr, patient, study = read_dicom(source.where, options.window)
+            arr, patient, study = read_dicom(Path(source.where), options.window)
             return Decoded([resize(arr, options.size)], patient, study)
         if source.kind == "nifti":
-            return Decoded([resize(p, options.size) for p in read_nifti(source.where, options.slices)])
+            return Decoded([resize(p, options.size) for p in read_nifti(Path(source.where), options.slices)])
         if source.kind == "array":
             return Decoded([resize(source.where, options.size)])
     except MedvtabError as err:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import zipfile
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -204,17 +205,29 @@ def read_npz(path: Path) -> dict:
     return splits
 
 
-def class_folder_files(root: Path, match=None) -> list[tuple[Path, str, str]]:
+def class_folder_files(root: Path, match=None) -> Iterator[tuple[Path, str, str]]:
     """(file, class, split) for every file of ``root/CLASS/**`` (split "") or ``root/{train,val,test}/CLASS/**``,
-    in load order: split, class folder, path. ``match(file)`` picks the files (default: an image suffix)."""
+    in load order: split, class folder, path (as ``sorted(folder.rglob("*"))`` orders it). ``match(file)`` picks
+    the files (default: an image suffix). Yielded one at a time: a walk of 200,000 files holds no list of them."""
     split_dirs = [s for s in ("train", "val", "test") if (root / s).is_dir()]
     tops = [(root / s, s) for s in split_dirs] if split_dirs else [(root, "")]
     match = match or (lambda f: f.suffix.lower() in IMAGE_SUFFIXES)
-    out = []
     for top, split in tops:
         for d in sorted(p for p in top.iterdir() if p.is_dir()):
-            out += [(f, d.name, split) for f in sorted(d.rglob("*")) if f.is_file() and match(f)]
-    return out
+            yield from ((f, d.name, split) for f in _files_in_path_order(d) if match(f))
+
+
+def _files_in_path_order(folder: Path) -> Iterator[Path]:
+    """The files under ``folder`` (symlinked files included, symlinked folders not entered, as ``rglob``) in the
+    order of ``sorted(folder.rglob("*"))``: paths compare part by part, so a depth-first walk over each folder's
+    entries sorted by name gives that order without holding every path."""
+    with os.scandir(folder) as it:
+        entries = sorted(it, key=lambda e: os.path.normcase(e.name))
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            yield from _files_in_path_order(folder / entry.name)
+        elif entry.is_file():
+            yield folder / entry.name
 
 
 def read_image_folder(root: Path, size: int) -> dict:
