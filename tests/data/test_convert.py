@@ -443,6 +443,7 @@ def test_workers_write_the_same_bytes_and_report_progress(tmp_path, real, monkey
     from medvtab.data import decoding
 
     monkeypatch.setattr(decoding, "CHUNK", 3)  # several chunks in flight on a small set
+    monkeypatch.setattr(decoding, "PER_WORKER", 1)
     images, labels = real
     raw = tmp_path / "raw"
     if layout == "imagefolder":

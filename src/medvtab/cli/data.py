@@ -106,8 +106,9 @@ def prepare(
                                                  "as unknown, masked from loss and metrics), zeros or ones."),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="csv layout: accept image paths "
                                                                               "that resolve outside --src."),
-    workers: Optional[int] = typer.Option(None, min=1, help="Decoding processes (default: the CPU count; 1: in "
-                                                            "this process). The output does not depend on it."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Decoding processes, at most one per 128 files (default: "
+                                                            "the CPU count; 1: in this process). The output does "
+                                                            "not depend on it."),
 ):
     """Convert a raw download into a prepared directory (task.json, manifest.csv, images_<size>.npy).
 

@@ -24,6 +24,7 @@ from medvtab.errors import MedvtabError
 
 KINDS = ("image", "dicom", "nifti", "array")
 CHUNK = 16  # sources per task sent to a worker
+PER_WORKER = 128  # sources per worker at least: below that, starting a process costs more than it saves
 IN_FLIGHT = 2  # chunks per worker submitted ahead of the one being written
 
 
@@ -85,9 +86,10 @@ def default_workers() -> int:
 
 def decode_in_order(sources: Sequence[Source], options: Options, workers: int = 1,
                     on_decoded: Callable[[int], None] = lambda done: None) -> Iterator[Decoded]:
-    """Each source's :class:`Decoded`, in the order of ``sources``; ``workers`` processes (1: in this process).
+    """Each source's :class:`Decoded`, in the order of ``sources``; ``workers`` processes at most (one per
+    :data:`PER_WORKER` sources; 1: in this process).
     ``on_decoded(done)`` is called after each source with the count so far."""
-    workers = min(workers, -(-len(sources) // CHUNK))  # no more workers than chunks
+    workers = min(workers, len(sources) // PER_WORKER, -(-len(sources) // CHUNK))
     done = 0
     if workers <= 1:
         for source in sources:
