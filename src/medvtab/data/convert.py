@@ -81,7 +81,7 @@ class Item:
     split: str = ""
 
 
-def _fail_many(what: str, bad: list[tuple[Path, str]]) -> None:
+def _fail_many(what: str, bad: list[tuple[str, str]]) -> None:
     if bad:
         named = "; ".join(f"{p} ({why})" for p, why in bad[:MAX_NAMED])
         more = f" and {len(bad) - MAX_NAMED} more" if len(bad) > MAX_NAMED else ""
