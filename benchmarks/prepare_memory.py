@@ -1,7 +1,7 @@
 """Peak anonymous memory and time of ``medvtab data prepare`` against the number of images (issue 19, acceptance 1).
 
 Builds ImageFolder sets of real images (a .npz's train images, resized up to ``--raw-size`` with bicubic and written
-as PNGs, repeated to the count), runs ``medvtab data prepare`` on each at ``--image-size`` with each worker
+as PNGs, repeated to the count as hard links), runs ``medvtab data prepare`` on each at ``--image-size`` with each worker
 count, and samples the summed RssAnon (``/proc/PID/status``: anonymous pages only; the memory-mapped output's
 file pages, which the kernel can drop, do not count) of the command and all its descendants. Prints one JSON
 line per run and the ratio of the largest set's peak to the smallest's. The sets are deleted afterwards
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -28,20 +29,23 @@ SAMPLE_S = 0.02
 
 
 def build_set(npz: Path, root: Path, count: int, raw_size: int) -> None:
-    """``count`` PNGs under ``root/CLASS/``: the npz's train (or pooled) images in a fixed shuffled
-    order, repeated, resized to ``raw_size``."""
+    """``count`` PNGs under ``root/CLASS/``: the npz's train (or pooled) images in a fixed shuffled order, resized
+    to ``raw_size``; repeats are hard links to the first file (each is still opened and decoded by prepare)."""
     parts = read_npz(npz)
     train = parts.get("train", parts.get("pool"))
-    order, resized = np.random.default_rng(0).permutation(len(train.images)), {}  # classes mixed from the start
+    order, written = np.random.default_rng(0).permutation(len(train.images)), {}  # classes mixed from the start
     for n in range(count):
         i = int(order[n % len(order)])
-        if i not in resized:
-            im = np.asarray(train.images[i])
-            im = im[..., 0] if im.shape[-1] == 1 else im
-            resized[i] = Image.fromarray(im).resize((raw_size, raw_size), Image.Resampling.BICUBIC)
         folder = root / f"class{int(train.labels[i])}"
         folder.mkdir(parents=True, exist_ok=True)
-        resized[i].save(folder / f"{n:06d}.png")
+        path = folder / f"{n:06d}.png"
+        if i in written:
+            os.link(written[i], path)
+            continue
+        im = np.asarray(train.images[i])
+        Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im).resize((raw_size, raw_size),
+                                                                        Image.Resampling.BICUBIC).save(path)
+        written[i] = path
 
 
 def rss_anon_kib(pid: int) -> int:
