@@ -41,8 +41,9 @@ number of images, and any worker count writes the same bytes.
 from __future__ import annotations
 
 import csv
+import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,28 +89,46 @@ def _fail_many(what: str, bad: list[tuple[str, str]]) -> None:
         raise MedvtabError(f"{len(bad)} unreadable {what} file(s): {named}{more}")
 
 
-# ---------------------------------------------------------------- layouts: (items, sources, policy), nothing decoded
+# ---------------------------------------------------------------- layouts: (items, array sources or None, policy)
 
-def _listed(src: Path, kind: str, match=None) -> tuple[list[Item], list[Source]]:
-    """Items and sources of the class-folder files under ``src`` (:func:`~medvtab.data.loading.class_folder_files`),
-    paths kept as strings: a walk of 200,000 files holds no Path objects."""
-    items, sources = [], []
+class FileSources(Sequence):
+    """The :class:`~medvtab.data.decoding.Source` of each item (a file under ``src``), made when asked: a set of
+    200,000 files holds one list of items, not a second one of paths."""
+
+    def __init__(self, src: Path, items: list[Item], layout: str):
+        self.src, self.items, self.layout = str(src), items, layout
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._source(it) for it in self.items[i]]
+        return self._source(self.items[i])
+
+    def _source(self, it: Item) -> Source:
+        kind = "nifti" if self.layout == "nifti" else "dicom" if it.source_path.lower().endswith(".dcm") else "image"
+        return Source(kind, os.path.join(self.src, it.source_path))  # an absolute source_path stays as it is
+
+
+def _listed(src: Path, kind: str, match=None) -> tuple[list[Item], None]:
+    """Items of the class-folder files under ``src`` (:func:`~medvtab.data.loading.class_folder_files`), paths kept
+    as strings: a walk of 200,000 files holds no Path objects."""
+    items = []
     for f, cls, split in class_folder_files(src, match):
-        rel = f.relative_to(src).as_posix()
         vid = nifti_stem(f) if kind == "nifti" else ""
-        items.append(Item(rel, cls, vid, vid, split))
-        sources.append(Source(kind, str(f)))
+        items.append(Item(f.relative_to(src).as_posix(), cls, vid, vid, split))
     if not items:
         raise MedvtabError(f"{src}: no matching files in class folders (expected RAW/CLASS/... or "
                            f"RAW/{{train,val,test}}/CLASS/...)")
-    return items, sources
+    return items, None
 
 
-def _imagefolder(src: Path, **_) -> tuple[list[Item], list[Source], dict]:
+def _imagefolder(src: Path, **_) -> tuple[list[Item], list[Source] | None, dict]:
     return *_listed(src, "image"), {"resize": "bilinear"}
 
 
-def _dicom(src: Path, window=None, **_) -> tuple[list[Item], list[Source], dict]:
+def _dicom(src: Path, window=None, **_) -> tuple[list[Item], list[Source] | None, dict]:
     policy = {"modality_lut": "pydicom apply_modality_lut (RescaleSlope, RescaleIntercept or a Modality LUT)",
               "voi": "the file's own VOI LUT or first window (pydicom apply_voi_lut), output range onto 0..255",
               "ct_window": ({"center": window[0], "width": window[1], "over": "the files' own"} if window else
@@ -120,7 +139,7 @@ def _dicom(src: Path, window=None, **_) -> tuple[list[Item], list[Source], dict]
     return *_listed(src, "dicom", lambda f: f.suffix.lower() == ".dcm"), policy
 
 
-def _nifti(src: Path, slices=DEFAULT_SLICES, **_) -> tuple[list[Item], list[Source], dict]:
+def _nifti(src: Path, slices=DEFAULT_SLICES, **_) -> tuple[list[Item], list[Source] | None, dict]:
     policy = {"orientation": "closest canonical (RAS); 4-D: first volume", "plane": "axial, np.rot90(vol[:, :, z])",
               "slices": f"middle {slices} per volume (all if fewer)", "slices_per_volume": slices,
               "intensity": "min-max per volume", "patient_id": "volume file name", "study_id": "volume file name",
@@ -128,7 +147,7 @@ def _nifti(src: Path, slices=DEFAULT_SLICES, **_) -> tuple[list[Item], list[Sour
     return *_listed(src, "nifti", lambda f: f.name.lower().endswith((".nii", ".nii.gz"))), policy
 
 
-def _npz(src: Path, **_) -> tuple[list[Item], list[Source], dict]:
+def _npz(src: Path, **_) -> tuple[list[Item], list[Source] | None, dict]:
     if src.is_dir():
         found = sorted(src.glob("*.npz"))
         if len(found) != 1:
@@ -184,7 +203,7 @@ def _component(rel: str, pattern: str) -> str:
 
 
 def _csv(src: Path, csv_path=None, label_column=None, image_column=None, patient_column=None, split_column=None,
-         uncertain="ignore", allow_outside_root=False, **_) -> tuple[list[Item], list[Source], dict]:
+         uncertain="ignore", allow_outside_root=False, **_) -> tuple[list[Item], list[Source] | None, dict]:
     file = Path(csv_path) if csv_path is not None else src / "labels.csv"
     if not file.is_file():
         raise MedvtabError(f"{file}: no such CSV file (pass --csv FILE)")
@@ -242,7 +261,7 @@ def _csv(src: Path, csv_path=None, label_column=None, image_column=None, patient
             return tuple(int(name in tokens) for name in label_names)
         return value
 
-    items, sources = [], []
+    items = []
     for n, r in enumerate(rows, start=2):
         rel = (r[image_col] or "").strip()
         label = label_of(r)
@@ -265,7 +284,6 @@ def _csv(src: Path, csv_path=None, label_column=None, image_column=None, patient
                 raise MedvtabError(f"{file}: line {n}: split '{r[split_col]}' is not train, val or test")
         pid = (r[patient_col] or "").strip() if patient_col else _component(rel, r"patient\d+")
         study = (r[study_col] or "").strip() if study_col else _component(rel, r"study\d+")
-        sources.append(Source("dicom" if path.suffix.lower() == ".dcm" else "image", str(path)))
         items.append(Item(path.relative_to(src).as_posix() if inside else str(path.resolve()), label, pid, study,
                           split))
     policy = {"csv": str(file), "image_column": image_col, "label_column": label_col, "one_hot_columns": one_hot,
@@ -273,7 +291,7 @@ def _csv(src: Path, csv_path=None, label_column=None, image_column=None, patient
     if label_names:
         policy.update(multi_label_columns=multi_columns, label_names=label_names, uncertain=uncertain,
                       blank="negative (not mentioned)")
-    return items, sources, policy
+    return items, None, policy
 
 
 READERS = {"imagefolder": _imagefolder, "csv": _csv, "npz": _npz, "dicom": _dicom, "nifti": _nifti}
@@ -349,7 +367,9 @@ def prepare(task: str, src: str | Path, out: str | Path, *, layout: str | None =
     splits = [it.split for it in items]
     if all(splits):  # decoded in the prepared order: train, val, test (stable), each split a contiguous range
         order = sorted(range(len(items)), key=lambda i: ("train", "val", "test").index(splits[i]))
-        items, sources = [items[i] for i in order], [sources[i] for i in order]
+        items = [items[i] for i in order]
+        sources = None if sources is None else [sources[i] for i in order]
+    sources = FileSources(src, items, layout) if sources is None else sources  # None: files, made when asked
     options = Options(image_size, None if window is None else tuple(window), slices)
     capacity, total = sum(s.images_at_most(options) for s in sources), len(sources)
     with (staged_dir(out) as stage, manifest.PreparedWriter(stage, image_size, capacity) as writer,
