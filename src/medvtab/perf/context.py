@@ -53,7 +53,7 @@ class PerfConfig:
     settle_below: int = 128                             # settling calls for batches below this
     vitb_flops: bool = True                             # FLOPs of the DINOv2 + LVM-Med ViT-B layouts (meta tensors)
     vitb_batch: int | None = 1                          # also time the random ViT-B pair at this batch (None: no)
-    vitb_rounds: int = 5
+    vitb_rounds: int = 11                               # batch 1 at about a second a case: few rounds are noisy
 
     @classmethod
     def for_profile(cls, device: str, quick: bool, **overrides) -> "PerfConfig":
