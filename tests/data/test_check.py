@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from medvtab.data.check import CHECKS, PROTOCOL_SHARED_PATIENTS, SOURCE_SPLIT, CheckReport, check_source, check_task
-from medvtab.data.leakage import OFFICIAL_SPLIT_DUPLICATES, image_digest
+from medvtab.data.leakage import OFFICIAL_SPLIT_DUPLICATES, drop_evaluation_duplicates, image_digest
 from medvtab.data.loading import load_task
 from medvtab.data.taskdata import Split, TaskData
 from medvtab.errors import MedvtabError
@@ -250,6 +250,25 @@ def test_real_pbc_28_split_has_cross_split_duplicates():
     assert not report.ok
     dup = report.stats["duplicates"]["across_splits"]
     assert dup["images"] == 8 and dup["pairs"] == {"train/val": 4, "train/test": 4}
+
+
+def test_real_pbc_28_dedupe_drops_the_leaked_images_and_the_check_passes():
+    data = load_task(str(real("pbc/pbc_28.npz")), seed=0, image_size=28)
+    assert not check_task(data).ok
+    deduped, dropped = drop_evaluation_duplicates(data)
+    assert dropped == {"val": 4, "test": 4}
+    assert deduped.sizes() == {"train": len(data.train), "val": len(data.val) - 4, "test": len(data.test) - 4}
+    report = check_task(deduped)
+    assert statuses(report)["duplicates across splits"] == "pass" and report.ok
+    assert deduped.train is data.train  # training images are never dropped
+
+
+def test_official_split_duplicates_are_dropped_too():
+    data = load_task("pneumoniamnist", seed=0, image_size=28)
+    assert any(f.check == SOURCE_SPLIT for f in check_task(data).findings)
+    deduped, dropped = drop_evaluation_duplicates(data)
+    assert dropped == {"val": 8, "test": 0}
+    assert not any(f.check == SOURCE_SPLIT for f in check_task(deduped).findings)
 
 
 def test_report_shape():

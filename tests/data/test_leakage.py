@@ -3,9 +3,10 @@ own source images."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from medvtab.data.leakage import first_copies, image_digest, leak_pairs, leakage_warnings, catalogue_name
-from medvtab.data.taskdata import Split
+from medvtab.data.leakage import drop_evaluation_duplicates, first_copies, image_digest, leak_pairs, leakage_warnings, catalogue_name
+from medvtab.data.taskdata import Split, TaskData
 
 
 def test_image_digest_is_of_pixels_and_shape():
@@ -42,3 +43,27 @@ def test_leakage_warnings():
     assert len(leakage_warnings("/x/kermany_cxr_64.npz", [("a", ("pneumoniamnist",)), ("b", ("kermany-cxr",))])) == 2
     assert "itself" in leakage_warnings("kermany-cxr", [("b", ("kermany-cxr",))])[0]
     assert catalogue_name("bad") is None and catalogue_name("BreastMNIST") == "breastmnist"
+
+
+def image(value: int) -> np.ndarray:
+    return np.full((4, 4, 1), value, dtype=np.uint8)
+
+
+def split(*values: int) -> Split:
+    return Split(np.stack([image(v) for v in values]), np.arange(len(values)) % 2, None,
+                 np.arange(len(values)), None)
+
+
+@pytest.mark.parametrize("extra", [False, True])
+def test_which_side_of_each_leak_is_dropped(extra):
+    """Validation loses what train holds; test sets lose what train or validation hold; two test sets may share
+    images (neither is fitted on), and copies inside one split stay."""
+    data = TaskData("t", "t", train=split(1, 2, 3), val=split(2, 4, 5, 5), test=split(1, 4, 6, 7), num_classes=2,
+                    class_names=["a", "b"], extra_tests={"unseen": split(3, 5, 7, 8)} if extra else {})
+    deduped, dropped = drop_evaluation_duplicates(data)
+    assert dropped == ({"val": 1, "test": 2, "unseen": 2} if extra else {"val": 1, "test": 2})
+    assert [int(x[0, 0, 0]) for x in deduped.val.images] == [4, 5, 5]
+    assert [int(x[0, 0, 0]) for x in deduped.test.images] == [6, 7]
+    assert deduped.test.index.tolist() == [2, 3]  # pool positions kept: splits.json rebuilds the same split
+    if extra:
+        assert [int(x[0, 0, 0]) for x in deduped.extra_tests["unseen"].images] == [7, 8]
