@@ -20,7 +20,7 @@ from safetensors import safe_open
 
 from medvtab.backbones import load_backbone, tiny
 from medvtab.data.leakage import image_digest
-from medvtab.engine.pretrain import augment, drop_train_duplicates, features, random_init_backbone, to_input
+from medvtab.engine.pretrain import augment, batch_mixer, drop_train_duplicates, features, random_init_backbone, to_input
 from medvtab.errors import MedvtabError
 
 DATA = Path(os.environ.get("MEDVTAB_DATA", "/work/shared/data"))
@@ -166,3 +166,35 @@ def test_inputs_are_area_resized_and_augmentation_keeps_shapes():
     # every output is a shifted (possibly flipped) crop: its centre pixel exists in the input image
     for i in range(16):
         assert torch.isclose(batch[i, 0].flatten()[:, None], out[i, 0, 14, 14]).any()
+
+
+def test_opt_in_regularisers_are_recorded_and_keep_the_trunk(run_medvtab, pbc_subset, tmp_path):
+    """MixUp, CutMix and stochastic depth: a real epoch with all three; the card's command reproduces them and
+    the file holds exactly the tiny architecture's keys (drop path adds none)."""
+    out = tmp_path / "regularised.safetensors"
+    code, stdout, err = run_medvtab("pretrain", "--data", pbc_subset, "--out", out, "--variant", "tiny-medical",
+                                    "--epochs", "1", "--batch-size", "64", "--mixup", "0.8", "--cutmix", "1",
+                                    "--drop-path", "0.1")
+    assert code == 0, err
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert (card["mixup"], card["cutmix"], card["drop_path"]) == (0.8, 1.0, 0.1)
+    assert card["command"].endswith("--mixup 0.8 --cutmix 1 --drop-path 0.1")
+    assert "MixUp (alpha 0.8), CutMix (alpha 1) (one of the two per batch" in card["objective"]
+    with safe_open(str(out), framework="pt") as f:
+        assert set(f.keys()) == set(tiny.new_model("tiny-medical").state_dict())
+
+
+def test_regularisers_are_off_by_default(pretrained):
+    card = json.loads(pretrained["out"].with_suffix(".json").read_text())
+    assert not {"mixup", "cutmix", "drop_path"} & set(card) and "--mixup" not in card["command"]
+    assert "MixUp" not in card["objective"]
+
+
+def test_batch_mixer_mixes_soft_targets_and_is_none_when_off():
+    assert batch_mixer(4, 0.0, 0.0) is None
+    torch.manual_seed(0)
+    x, y = torch.rand(8, 3, 28, 28), torch.arange(8) % 4
+    for mixup, cutmix in ((0.8, 0.0), (0.0, 1.0), (0.8, 1.0)):
+        mixed, target = batch_mixer(4, mixup, cutmix)(x, y)
+        assert mixed.shape == x.shape and target.shape == (8, 4)
+        assert torch.allclose(target.sum(1), torch.ones(8))

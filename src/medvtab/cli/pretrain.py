@@ -19,6 +19,10 @@ def pretrain(
     seed: int = typer.Option(0),
     batch_size: int = typer.Option(128, min=1),
     lr: float = typer.Option(1e-3, min=0.0, help="Peak AdamW learning rate (warm-up, then cosine to zero)."),
+    mixup: float = typer.Option(0.0, min=0.0, help="MixUp Beta alpha; 0 = off."),
+    cutmix: float = typer.Option(0.0, min=0.0, help="CutMix Beta alpha; 0 = off (with --mixup: one of the two "
+                                                    "per batch)."),
+    drop_path: float = typer.Option(0.0, min=0.0, max=0.9, help="Stochastic depth rate while training; 0 = off."),
 ):
     """Pre-train a tiny expert (supervised, on the data set's labels), then linear-probe it against random init;
     writes the weights and a model card, prints the card's summary (as JSON)."""
@@ -27,7 +31,7 @@ def pretrain(
 
     with loss_progress(f"pretrain {variant} on {data.stem}") as on_step:
         card = run_pretrain(data, out, variant, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr,
-                            on_step=on_step, on_note=note)
+                            mixup=mixup, cutmix=cutmix, drop_path=drop_path, on_step=on_step, on_note=note)
     keys = ("variant", "file", "epochs", "seed", "batch_size", "lr", "train_seconds", "total_seconds",
             "linear_probe")
     print(json.dumps({"out": str(out), **{k: card[k] for k in keys}}, indent=2))

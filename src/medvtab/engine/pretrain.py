@@ -3,6 +3,9 @@
 Objective: supervised classification (cross-entropy with label smoothing 0.1) on the data set's own labels,
 with light augmentation (random shifts of up to 3 px with reflect padding, horizontal flips), AdamW
 (weight decay on matrices only), linear warm-up then cosine decay to zero, gradient clipping at 1.
+Opt-in regularisers for small data sets (off by default, so earlier cards' commands reproduce): MixUp and
+CutMix (torchvision.transforms.v2; one of the two per batch when both are on, as DeiT does) and stochastic
+depth (timm's ``drop_path_rate``, training only: the saved trunk has the same keys).
 Why: on one CPU core supervised training is what fits in about an hour per expert and gives a clearly better
 feature extractor than random weights; self-supervised objectives (DINO, MAE) need far longer schedules
 before their features pass a linear probe.
@@ -27,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
 from safetensors.torch import save_file
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -132,10 +136,19 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 # --- training ---------------------------------------------------------------------------------------------
 
+def batch_mixer(num_classes: int, mixup: float, cutmix: float):
+    """MixUp and/or CutMix with these Beta alphas (0 = off): ``(x, y) -> (x, soft targets)``, or None when both
+    are off. Draws from torch's global generator, which :func:`train_classifier` seeds."""
+    mixers = [m(alpha=a, num_classes=num_classes) for m, a in ((v2.MixUp, mixup), (v2.CutMix, cutmix)) if a > 0]
+    return None if not mixers else mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int, seed: int,
-                     batch_size: int, lr: float, on_step=None, on_note=None) -> tuple[VisionTransformer, list]:
+                     batch_size: int, lr: float, mixup: float = 0.0, cutmix: float = 0.0, drop_path: float = 0.0,
+                     on_step=None, on_note=None) -> tuple[VisionTransformer, list]:
     torch.manual_seed(seed)
-    model = VisionTransformer(**dict(tiny.ARCH, num_classes=num_classes))
+    model = VisionTransformer(**dict(tiny.ARCH, num_classes=num_classes, drop_path_rate=drop_path))
+    mix = batch_mixer(num_classes, mixup, cutmix)
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
@@ -153,10 +166,11 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
         for i in range(0, n, batch_size):
             idx = order[i:i + batch_size]
             x, y = augment(normalise(images[idx]), g), labels[idx]
+            x, target = mix(x, y) if mix else (x, y)
             for group in opt.param_groups:
                 group["lr"] = warmup_cosine(step, total, warmup, lr)
             logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=LABEL_SMOOTHING)
+            loss = F.cross_entropy(logits, target, label_smoothing=LABEL_SMOOTHING)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -242,7 +256,8 @@ def sha256(path: Path) -> str:
 
 
 def pretrain(data: Path, out: Path, variant: str, *, epochs: int = 5, seed: int = 0, batch_size: int = 128,
-             lr: float = 1e-3, on_step=None, on_note=None) -> dict:
+             lr: float = 1e-3, mixup: float = 0.0, cutmix: float = 0.0, drop_path: float = 0.0, on_step=None,
+             on_note=None) -> dict:
     """Pre-train a tiny expert on ``data``, write ``out`` (.safetensors) and its card; return the card."""
     data, out = Path(data), Path(out)
     if variant not in tiny.VARIANTS:
@@ -267,7 +282,8 @@ def pretrain(data: Path, out: Path, variant: str, *, epochs: int = 5, seed: int 
 
     t0 = time.perf_counter()
     model, log = train_classifier(train_x, torch.from_numpy(train_y), arrays["num_classes"], epochs=epochs,
-                                  seed=seed, batch_size=batch_size, lr=lr, on_step=on_step, on_note=on_note)
+                                  seed=seed, batch_size=batch_size, lr=lr, mixup=mixup, cutmix=cutmix,
+                                  drop_path=drop_path, on_step=on_step, on_note=on_note)
     train_seconds = time.perf_counter() - t0
 
     metadata = {"format": "pt", "medvtab.variant": variant, tiny.META_PRETRAINED_ON: name,
@@ -283,6 +299,11 @@ def pretrain(data: Path, out: Path, variant: str, *, epochs: int = 5, seed: int 
              for name_, b in (("pretrained", pretrained), ("random_init", random_init_backbone(variant)))}
     probe_seconds = time.perf_counter() - t0
 
+    extra = {"mixup": mixup, "cutmix": cutmix, "drop_path": drop_path}
+    regularisers = "".join(text for text, on in ((f", MixUp (alpha {mixup:g})", mixup),
+                                                 (f", CutMix (alpha {cutmix:g})", cutmix),
+                                                 (" (one of the two per batch, at random)", mixup and cutmix),
+                                                 (f", stochastic depth {drop_path:g}", drop_path)) if on)
     card = {
         "variant": variant, "file": out.name, "file_sha256": sha256(out),
         "params": sum(v.numel() for v in state.values()),
@@ -293,11 +314,12 @@ def pretrain(data: Path, out: Path, variant: str, *, epochs: int = 5, seed: int 
                  "test_duplicates_of_train_dropped": dropped, "notes": arrays["notes"],
                  "preprocessing": f"resized to {SIZE} px with an area filter where larger, grey to RGB; "
                                   f"normalised (x / 255 - 0.5) / 0.5"},
-        "objective": OBJECTIVE, "why": WHY,
+        "objective": OBJECTIVE + regularisers, "why": WHY,
         "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr, "weight_decay": WEIGHT_DECAY,
-        "label_smoothing": LABEL_SMOOTHING,
+        "label_smoothing": LABEL_SMOOTHING, **{k: v for k, v in extra.items() if v},
         "command": (f"medvtab pretrain --data {data} --out {out} --variant {variant} --epochs {epochs} "
-                    f"--seed {seed} --batch-size {batch_size} --lr {lr:g}"),
+                    f"--seed {seed} --batch-size {batch_size} --lr {lr:g}"
+                    + "".join(f" --{k.replace('_', '-')} {v:g}" for k, v in extra.items() if v)),
         "log": log, "train_seconds": round(train_seconds, 1), "probe_seconds": round(probe_seconds, 1),
         "total_seconds": round(time.perf_counter() - started, 1), "machine": machine(),
         "linear_probe": {
