@@ -22,7 +22,7 @@ EXPERTS = Path(tiny.bundled_weights("tiny-general")).parent
 SOURCES = {"tiny-general": "cifar10/cifar10_32.npz", "tiny-medical": "pbc/pbc_28.npz"}
 # The card's full linear probe must not fall below these: issue 18 asks for 0.60 (tiny-general) and 0.93
 # (tiny-medical); tiny-general's floor is what the shipped weights reach (0.5657), short of 0.60.
-PROBE_FLOORS = {"tiny-general": 0.59, "tiny-medical": 0.93}
+PROBE_FLOORS = {"tiny-general": 0.60, "tiny-medical": 0.93}  # issue 18's bar
 
 
 def card(variant: str) -> dict:
