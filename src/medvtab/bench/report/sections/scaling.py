@@ -66,17 +66,18 @@ def task_modality(task: str) -> str:
 
 def _families(runs: list[Run]) -> dict[str, dict[str, dict[str, Point]]]:
     """family label -> task -> size -> point; a family is a (group, method), labelled by the method and the
-    options its runs vary (the tuned ones excluded: each point has its own)."""
+    options whose values differ between its runs (tuned ones excluded: they differ by task and point)."""
     out: dict[str, dict[str, dict[str, Point]]] = {}
     for group, method in ordered((r.spec.group, r.spec.method) for r in runs):
         members = [r for r in runs if r.spec.group == group and r.spec.method == method]
-        axis = [k for k in ordered(k for r in members for k in r.spec.options) if k not in members[0].tuned]
+        configs = [r.method_config() for r in members]
+        axis = [k for k in ordered(k for r in members for k in r.spec.options)
+                if k not in members[0].tuned and len({repr(c.get(k)) for c in configs}) > 1]
         label = f"{method} ({', '.join(axis)})" if axis else method
         if any(f == label for f in out):
             label = f"{label} [{group}]"
         family = out.setdefault(label, {})
-        for r in members:
-            cfg = r.method_config()
+        for r, cfg in zip(members, configs):
             size = ", ".join(f"{k}={cfg.get(k)}" for k in axis) or "default"
             family.setdefault(r.spec.task, {}).setdefault(size, Point(size)).runs.append(r)
     return out
