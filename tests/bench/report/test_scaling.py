@@ -27,8 +27,8 @@ def test_slope_of_a_known_curve_and_its_interval():
     y = 60 + 20 * np.log10(x) + rng.normal(0, 0.3, len(x))  # 20 points per 10x Total Params
     slope, low, high = slope_interval(x, y, points)
     assert slope == pytest.approx(20, abs=2) and low < 20 < high and low > 0
-    assert trend_verdict(low, high) == "more parameters help"
-    assert slope_interval(x, 100 - y, points)[2] < 0 and trend_verdict(-3, -1) == "more parameters hurt"
+    assert trend_verdict(slope, low, high) == "more parameters help"
+    assert slope_interval(x, 100 - y, points)[2] < 0 and trend_verdict(-2, -3, -1) == "more parameters hurt"
     assert slope_interval(x, y, points) == (slope, low, high)  # a fixed RNG seed: reproducible
 
 
@@ -37,7 +37,7 @@ def test_a_flat_curve_spans_zero():
                       [61.0, 60.0, 59.0]])  # every point the same three values: no trend at all
     slope, low, high = slope_interval(np.repeat(RATIOS, 3), seeds.ravel(), np.repeat(np.arange(5), 3))
     assert slope == pytest.approx(0, abs=1e-9) and low < 0 < high
-    assert trend_verdict(low, high) == "no clear trend (interval spans 0)"
+    assert trend_verdict(slope, low, high) == "no clear trend (interval spans 0)"
 
 
 def test_each_task_has_its_own_intercept_and_one_seed_has_no_interval():
@@ -47,7 +47,9 @@ def test_each_task_has_its_own_intercept_and_one_seed_has_no_interval():
     assert log_slope(x, y) < 0  # pooled without intercepts, the tasks' offset reads as a trend
     slope, low, high = slope_interval(RATIOS, 50 + 10 * np.log10(RATIOS), np.arange(5))
     assert slope == pytest.approx(10) and math.isnan(low) and math.isnan(high)
-    assert trend_verdict(low, high) == "no interval (one seed per point)"
+    assert trend_verdict(slope, low, high) == "no interval (one seed per point)"
+    one_size = slope_interval([1.1] * 3, [60.0, 61.0, 62.0], [0] * 3)
+    assert math.isnan(one_size[0]) and trend_verdict(*one_size).startswith("no trend to fit")
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +113,7 @@ def test_section_from_a_real_store(scaling_store):
             row = next(r for r in slopes.rows if r[0].text == mod and r[1].text == family)
             slope, low, high = slope_interval([p[0] for p in mine], [p[1] for p in mine], [p[2] for p in mine])
             assert row[3].text == "4" and row[4].text == f"{slope:+.2f}"
-            assert row[5].text == f"[{low:+.2f}, {high:+.2f}]" and row[9].text == trend_verdict(low, high)
-            assert f"{mod}, {family}: {trend_verdict(low, high)}" in " ".join(section.paragraphs)
+            assert row[5].text == f"[{low:+.2f}, {high:+.2f}]" and row[9].text == trend_verdict(slope, low, high)
+            assert f"{mod}, {family}: {trend_verdict(slope, low, high)}" in " ".join(section.paragraphs)
     md = report.md_path.read_text()
     assert "## Scaling of tunable parameters" in md and "figures/scaling_ultrasound.png" in md

@@ -128,8 +128,10 @@ def slope_interval(params, values, points, strata=None, reps: int = BOOTSTRAP_RE
     return slope, float(low), float(high)
 
 
-def trend_verdict(low: float, high: float) -> str:
-    """In plain words, from the slope's interval."""
+def trend_verdict(slope: float, low: float, high: float) -> str:
+    """In plain words, from the slope and its interval."""
+    if not math.isfinite(slope):
+        return "no trend to fit (fewer than two sizes finished)"
     if not (math.isfinite(low) and math.isfinite(high)):
         return "no interval (one seed per point)"
     if low > 0:

@@ -193,7 +193,7 @@ def scaling_section(bench: Bench, figures_dir: Path) -> Section | None:
                 if line:
                     panels.setdefault(t, {})[family] = line
             tr = trend(ordered_points)
-            verdict = trend_verdict(tr.low, tr.high)
+            verdict = trend_verdict(tr.slope, tr.low, tr.high)
             at = " / ".join(f"{b.ratio:.3f}X ({b.size})" if b is not None else MISSING for b in best_at.values())
             slope_rows.append([C(mod), C(family), C(", ".join(ordered_points)), C(str(tr.n)),
                                C(_signed(tr.slope), tr.slope), C(_interval(tr)),
