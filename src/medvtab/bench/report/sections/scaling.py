@@ -138,6 +138,23 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "other"
 
 
+def _point_rows(mod: str, task: str, family: str, pts: list[Point], best: Point | None, n_seeds: int,
+                floor: float) -> tuple[list[list], list[tuple[float, float, float]]]:
+    """The points' table rows of one (family, task), and its line in the figure: (ratio, mean, std) per point."""
+    rows, line = [], []
+    for p in pts:
+        acc = [r.metric("accuracy") for r in p.finished]
+        trainable = mean_std([r.metric("trainable_params") for r in p.finished])[0]
+        rows.append([C(mod), C(task), C(family), C(p.size),
+                     C(f"{trainable:,.0f}" if math.isfinite(trainable) else MISSING, trainable),
+                     C(f"{p.ratio:.3f}X" if math.isfinite(p.ratio) else MISSING, p.ratio),
+                     C(fmt_pct(*p.validation())), pct_cell(acc, n_seeds, floor), C("plateau" if p is best else "")])
+        mean, std, n = mean_std(acc)
+        if n and math.isfinite(p.ratio):
+            line.append((p.ratio, mean, std))
+    return rows, line
+
+
 def scaling_groups(bench: Bench) -> list[str]:
     return [g for g in ordered(r.spec.group for r in bench.runs) if g.startswith(PREFIX)]
 
@@ -170,26 +187,12 @@ def scaling_section(bench: Bench, figures_dir: Path) -> Section | None:
             ordered_points = {t: _sorted_points(per_task[t]) for t in mod_tasks if t in per_task}
             if not ordered_points:
                 continue
-            best_at = {}
+            best_at = {t: plateau(pts) for t, pts in ordered_points.items()}
             for t, pts in ordered_points.items():
-                best = plateau(pts)
-                best_at[t] = best
-                if best is not None:
-                    plateaus.setdefault(t, {})[family] = best.ratio
-                line = []
-                for p in pts:
-                    acc = [r.metric("accuracy") for r in p.finished]
-                    val = p.validation()
-                    trainable = mean_std([r.metric("trainable_params") for r in p.finished])[0]
-                    point_rows.append([C(mod), C(t), C(family), C(p.size),
-                                       C(f"{trainable:,.0f}" if math.isfinite(trainable) else MISSING, trainable),
-                                       C(f"{p.ratio:.3f}X" if math.isfinite(p.ratio) else MISSING, p.ratio),
-                                       C(fmt_pct(*val)),
-                                       pct_cell(acc, n_seeds, floor.get(t, math.nan)),
-                                       C("plateau" if p is best else "")])
-                    mean, std, n = mean_std(acc)
-                    if n and math.isfinite(p.ratio):
-                        line.append((p.ratio, mean, std))
+                if best_at[t] is not None:
+                    plateaus.setdefault(t, {})[family] = best_at[t].ratio
+                rows, line = _point_rows(mod, t, family, pts, best_at[t], n_seeds, floor.get(t, math.nan))
+                point_rows += rows
                 if line:
                     panels.setdefault(t, {})[family] = line
             tr = trend(ordered_points)
