@@ -91,7 +91,7 @@ def test_ablation_groups_share_the_default_run():
 
 def test_built_in_suites_are_grid_files():
     """What a user copies: each suite's default profile reads as a --config grid file."""
-    assert SUITES == ("mini", "mini-ablations")
+    assert SUITES == ("mini", "mini-ablations", "mini-scaling")
     for name in SUITES:
         assert load_grid_file(Path(str(SUITES_DIR / f"{name}.yaml"))).name == name
 

@@ -21,6 +21,11 @@ key). Without ``groups`` the top level is the one group ``main``::
         tasks: [retinamnist]
         methods: [dynamer]
         sweep: {keep_ratio: [1.0, 0.5], skip_mode: [adapter, block]}   # cartesian product of options
+      scaling-vpt-deep:           # a scaling sweep (the report's "Scaling of tunable parameters" section)
+        tasks: [retinamnist, pneumoniamnist]
+        methods: [vpt-deep]
+        sweep: {num_prompts: [1, 10, 50]}
+        tune_each_point: true     # every point its own study (default: a sweep's points share one)
       fewshot:
         tasks: [retinamnist]
         methods: [linear, dynamer]
@@ -98,6 +103,7 @@ class GroupConfig(_Strict):
     train_size: int | None = Field(None, ge=1)
     options: dict[str, dict[str, Any]] | None = None
     sweep: dict[str, list[Any]] | None = None
+    tune_each_point: bool | None = None
     dedupe: bool | None = None
 
     @field_validator("methods", "tasks", mode="before")
@@ -201,7 +207,7 @@ def load_grid_file(path: Path) -> GridConfig:
 # --- expansion --------------------------------------------------------------------------------------------
 
 _INHERITED = ("tasks", "methods", "seeds", "backbones", "protocols", "train", "train_size", "options", "sweep",
-              "dedupe")
+              "tune_each_point", "dedupe")
 
 
 def _merged(grid: GridConfig, group: GroupConfig) -> dict:
@@ -317,9 +323,11 @@ def expand_grid(grid: GridConfig, *, methods: list[str] | None = None, seeds: in
 
 
 def swept_options(grid: GridConfig) -> dict[str, tuple[str, ...]]:
-    """group -> the method options its sweep varies (not part of a tuning key: a sweep's points share a study)."""
+    """group -> the method options its sweep varies (not part of a tuning key: a sweep's points share a study),
+    none for a group with ``tune_each_point`` (each point is tuned as a cell of the main table is)."""
     groups = grid.groups if grid.groups is not None else {"main": GroupConfig()}
-    return {name: tuple(_merged(grid, group)["sweep"] or ()) for name, group in groups.items()}
+    merged = {name: _merged(grid, group) for name, group in groups.items()}
+    return {name: () if g["tune_each_point"] else tuple(g["sweep"] or ()) for name, g in merged.items()}
 
 
 def unique_runs(specs: list[RunSpec]) -> list[RunSpec]:

@@ -16,7 +16,8 @@ def bench(
                                        "run directory per finished run). Rerun with the same DIR to resume."),
     suite: Optional[str] = typer.Option(None, help="A built-in grid: mini (every method on retinamnist, "
                                                    "pneumoniamnist, breastmnist, plus patient-OOD and few-shot "
-                                                   "groups) or mini-ablations (DynaMer's ablation grids); "
+                                                   "groups), mini-ablations (DynaMer's ablation grids) or "
+                                                   "mini-scaling (accuracy against Total Params per modality); "
                                                    "mini,mini-ablations runs both into one store."),
     config: Optional[Path] = typer.Option(None, help="A YAML grid file (see configs/*.yaml) instead of --suite."),
     methods: Optional[str] = typer.Option(None, help="Only these methods, comma-separated."),

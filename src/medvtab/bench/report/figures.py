@@ -1,8 +1,8 @@
 """The report's figures (matplotlib, Agg canvas, no pyplot state): data efficiency (the paper's Figure 1c),
-accuracy against trainable parameters (Figure 1a), attention maps of both streams (Figure 3) and DynaMer's
-per-layer routing. Each function takes plain numbers (computed from the store by the report's sections),
-writes one PNG atomically and returns its path. Text from data is drawn literally (``$`` escaped, so names
-never turn into mathtext)."""
+accuracy against trainable parameters (Figure 1a), accuracy against Total Params per sweep (scaling), attention
+maps of both streams (Figure 3) and DynaMer's per-layer routing. Each function takes plain numbers (computed from
+the store by the report's sections), writes one PNG atomically and returns its path. Text from data is drawn
+literally (``$`` escaped, so names never turn into mathtext)."""
 from __future__ import annotations
 
 import math
@@ -118,6 +118,44 @@ def params_accuracy(points: list[tuple[str, float, float]], path: Path, ylabel: 
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3, which="both")
         ax.margins(x=0.15, y=0.15)
+        fig.tight_layout()
+        return _save(fig, path)
+
+
+def scaling(panels: dict[str, dict[str, list[tuple[float, float, float]]]], plateaus: dict[str, dict[str, float]],
+            floors: dict[str, float], title: str, path: Path) -> Path:
+    """One panel per task: test accuracy (mean, std over seeds as error bars) against Total Params (log x), one
+    line per family; each family's validation plateau ringed. ``panels[task][family] = [(ratio, mean, std)]``,
+    ``plateaus[task][family]``: the ratio of the point where validation accuracy stops improving."""
+    families = list(dict.fromkeys(f for lines in panels.values() for f in lines))
+    colours = {f: f"C{i % 10}" for i, f in enumerate(families)}
+    with rc_context(_RC):
+        rows, cols = _grid(len(panels))
+        fig = Figure(figsize=(4.2 * cols, 3.2 * rows))
+        for k, (task, lines) in enumerate(panels.items()):
+            ax = fig.add_subplot(rows, cols, k + 1)
+            for family, pts in lines.items():
+                pts = sorted(pts)
+                x = [p[0] for p in pts]
+                ax.errorbar(x, [100 * p[1] for p in pts], yerr=np.nan_to_num([100 * p[2] for p in pts]), marker="o",
+                            ms=3.5, capsize=2, lw=1.2, color=colours[family], label=literal(short(family, 36)))
+                best = plateaus.get(task, {}).get(family)
+                for ratio, mean, _ in pts:
+                    if best is not None and ratio == best:
+                        ax.plot([ratio], [100 * mean], "o", ms=10, mfc="none", mec=colours[family], mew=1.5)
+            if task in floors and math.isfinite(floors[task]):
+                ax.axhline(100 * floors[task], color="grey", ls="--", lw=0.9, label="majority class")
+            xs = [p[0] for pts in lines.values() for p in pts]
+            ax.set_xscale("log")
+            ticks = np.geomspace(min(xs), max(xs), 5) if len(set(xs)) > 1 else np.array(xs[:1])
+            ax.set_xticks(ticks, [f"{t:.3f}X" for t in ticks])
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_title(literal(short(task, 40)))
+            ax.set_xlabel("Total Params (log scale); ring: validation plateau")
+            ax.set_ylabel("test accuracy (%)")
+            ax.grid(alpha=0.3)
+            ax.legend(loc="best")
+        fig.suptitle(literal(title))
         fig.tight_layout()
         return _save(fig, path)
 

@@ -1,7 +1,8 @@
-"""The report's statistics: mean and sample standard deviation over seeds, and DynaMer against each baseline on
+"""The report's statistics: mean and sample standard deviation over seeds; DynaMer against each baseline on
 the paired (task, seed) accuracies: a two-sided Wilcoxon signed-rank test from :data:`MIN_WILCOXON` pairs on, a
 paired t-test from :data:`MIN_TTEST` to :data:`MIN_WILCOXON` - 1 pairs, no test below that; p-values are
-Holm-adjusted over the baselines."""
+Holm-adjusted over the baselines; and the scaling trend: the least-squares slope of accuracy against
+log10(parameters) with a bootstrap interval that resamples seeds within each sweep point."""
 from __future__ import annotations
 
 import math
@@ -81,3 +82,60 @@ def verdict(result: dict, p_adjusted: float) -> str:
         return (f"within noise (not significant after Holm; p={p_adjusted:.3g})"
                 + (f": {result['note']}" if result["note"] else ""))
     return result["note"] or "no test"
+
+
+BOOTSTRAP_REPS, BOOTSTRAP_SEED, CONFIDENCE = 2000, 0, 0.95
+
+
+def _demeaned(values: np.ndarray, strata: np.ndarray) -> np.ndarray:
+    """``values`` (..., n) minus the mean of its stratum along the last axis (one intercept per stratum)."""
+    out = np.array(values, dtype=float)
+    for s in np.unique(strata):
+        at = strata == s
+        out[..., at] -= out[..., at].mean(axis=-1, keepdims=True)
+    return out
+
+
+def log_slope(params, values, strata=None) -> float:
+    """Least-squares slope of ``values`` against log10(``params``); each stratum (e.g. a task) has its own
+    intercept, so the slope is the within-stratum trend. NaN where no stratum has two different x."""
+    x, y = np.log10(np.asarray(params, dtype=float)), np.asarray(values, dtype=float)
+    strata = np.zeros(len(x), dtype=int) if strata is None else np.asarray(strata)
+    x, y = _demeaned(x, strata), _demeaned(y, strata)
+    sxx = float((x * x).sum())
+    return float((x * y).sum() / sxx) if sxx > 1e-24 else math.nan
+
+
+def slope_interval(params, values, points, strata=None, reps: int = BOOTSTRAP_REPS,
+                   seed: int = BOOTSTRAP_SEED) -> tuple[float, float, float]:
+    """(slope, low, high): :func:`log_slope` and its percentile bootstrap interval at :data:`CONFIDENCE`. Each
+    replicate redraws, within every sweep point (``points``: a label per value), as many of that point's values
+    (its seeds) as it has, with replacement, and refits; the points themselves stay. A fixed RNG seed makes the
+    interval reproducible. The interval is NaN where no point has two values (nothing to resample)."""
+    x, y = np.log10(np.asarray(params, dtype=float)), np.asarray(values, dtype=float)
+    strata = np.zeros(len(x), dtype=int) if strata is None else np.asarray(strata)
+    slope = log_slope(params, values, strata)
+    members = [np.flatnonzero(np.asarray(points) == p) for p in dict.fromkeys(points)]
+    if not math.isfinite(slope) or all(len(m) < 2 for m in members):
+        return slope, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    order = np.concatenate(members)  # each point's positions, drawn from its own members
+    draws = np.concatenate([m[rng.integers(0, len(m), size=(reps, len(m)))] for m in members], axis=1)
+    xs, ys = _demeaned(x[order], strata[order]), _demeaned(y[draws], strata[order])
+    slopes = (ys * xs).sum(axis=1) / (xs * xs).sum()
+    tail = 100 * (1 - CONFIDENCE) / 2
+    low, high = np.percentile(slopes, [tail, 100 - tail])
+    return slope, float(low), float(high)
+
+
+def trend_verdict(slope: float, low: float, high: float) -> str:
+    """In plain words, from the slope and its interval."""
+    if not math.isfinite(slope):
+        return "no trend to fit (fewer than two sizes finished)"
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "no interval (one seed per point)"
+    if low > 0:
+        return "more parameters help"
+    if high < 0:
+        return "more parameters hurt"
+    return "no clear trend (interval spans 0)"

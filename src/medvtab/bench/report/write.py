@@ -19,18 +19,21 @@ from medvtab.bench.report.sections.ood import ood_section
 from medvtab.bench.report.sections.other_groups import other_groups_section
 from medvtab.bench.report.sections.overview import header, tasks_section
 from medvtab.bench.report.sections.routing import routing_section
+from medvtab.bench.report.sections.scaling import scaling_section
 from medvtab.bench.report.sections.tuning import tuning_section
 from medvtab.bench.report.sections.warnings import warnings_section
 from medvtab.bench.report.tables import Report
 from medvtab.errors import MedvtabError
 
-FIGURE_NAMES = ("params_accuracy.png", "data_efficiency.png", "attention.png", "routing.png", "sensitivity.png")
+FIGURE_NAMES = ("params_accuracy.png", "data_efficiency.png", "attention.png", "routing.png", "sensitivity.png",
+                "scaling_*.png")  # the scaling section draws one per modality
 
 
 def build_report(bench: Bench, figures_dir: Path, *, out: Path | None = None, attention: bool = True) -> Report:
     sections = [tasks_section(bench), tuning_section(bench, figures_dir), main_section(bench, figures_dir),
                 agreement_section(bench), fewshot_section(bench, figures_dir), ood_section(bench)]
     sections += [ablation_section(bench, a) for a in ABLATIONS]
+    sections += [s for s in (scaling_section(bench, figures_dir),) if s]
     sections += [routing_section(bench, figures_dir), attention_section(bench, figures_dir, attention)]
     sections += [s for s in (other_groups_section(bench), missing_section(bench), warnings_section(bench)) if s]
     title = f"medvtab bench report: {bench.info.get('suite', bench.root.name)}"
@@ -57,9 +60,8 @@ def write_report(root: Path, out: Path | None = None, *, attention: bool = True)
     make_output_dir(figures_dir)
     report = build_report(bench, figures_dir, out=html_path, attention=attention)
     made = report.figures()
-    for name in FIGURE_NAMES:  # figures of an earlier report that this one no longer draws
-        stale = figures_dir / name
-        if stale.exists() and all(f.path.name != name for f in made.values()):
+    for stale in (path for name in FIGURE_NAMES for path in figures_dir.glob(name)):
+        if all(f.path.name != stale.name for f in made.values()):  # an earlier report's, not drawn now
             stale.unlink()
     images = {k: f.path.read_bytes() for k, f in made.items()}
     rel = {k: f"{figures_dir.name}/{f.path.name}" for k, f in made.items()}
