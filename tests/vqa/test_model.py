@@ -10,7 +10,8 @@ from medvtab.errors import MedvtabError
 from medvtab.vqa import data as vqa_data
 from medvtab.vqa.lm import build_tokenizer, load_base
 from medvtab.vqa.model import IGNORE, QFormerConfig, collate, encode_text, question_prompt
-from medvtab.vqa.train import StageOptions, base_lm, build_model, image_features, predict, sequences, texts_of
+from medvtab.vqa.evaluate import predict
+from medvtab.vqa.train import StageOptions, base_lm, build_model, image_features, sequences, texts_of
 from medvtab.vqa.vision import load_vision
 
 SMALL = QFormerConfig(num_queries=4, hidden=32, layers=1, heads=2)
@@ -118,7 +119,7 @@ def test_restricted_decoding_picks_the_best_scoring_candidate(hf_bloom, rad_item
         logp = F.log_softmax(logits[:-1], -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
         assert want.item() == pytest.approx(logp[len(prompt) - 1:].sum().item(), abs=1e-4)
     best = candidates[int(scores.argmax())]
-    picked = predict(model, tokenizer, feats, torch.cat([rows[:1], rows[:1]]), closed, candidates)
+    picked = predict(model, tokenizer, feats, torch.cat([rows[:1], rows[:1]]), closed, candidates)[1]  # restricted
     assert picked == [best, best]
 
 
@@ -180,7 +181,8 @@ def test_dynamer_run_as_vision_side(small_task, tmp_path, rad_items):
     with pytest.raises(MedvtabError, match="not a run directory"):
         load_vision(f"dynamer:{tmp_path / 'nope'}")
     # a stage trains and a run answers with the DynaMer pair as its vision side
-    from medvtab.vqa.train import evaluate, train_stage
+    from medvtab.vqa.evaluate import evaluate
+    from medvtab.vqa.train import train_stage
 
     opts = StageOptions(vision=f"dynamer:{run}", num_queries=4, epochs=1, limit=12)
     config = train_stage("finetune", "vqa-rad", tmp_path / "vqa", opts, on_note=lambda _: None)
