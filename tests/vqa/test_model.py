@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from medvtab.errors import MedvtabError
 from medvtab.vqa import data as vqa_data
 from medvtab.vqa.lm import build_tokenizer, load_base
-from medvtab.vqa.model import IGNORE, QFormerConfig, collate, encode_text, question_prompt
+from medvtab.vqa.model import IGNORE, QFormerConfig, VQAModel, collate, encode_text, question_prompt
 from medvtab.vqa.evaluate import predict
 from medvtab.vqa.train import StageOptions, base_lm, build_model, image_features, sequences, texts_of
 from medvtab.vqa.vision import load_vision
@@ -189,3 +189,20 @@ def test_dynamer_run_as_vision_side(small_task, tmp_path, rad_items):
     assert (config["vision_width"], config["vision_tokens"]) == (192, 50)
     metrics = evaluate(tmp_path / "vqa", "vqa-rad", "test", limit=8, on_note=lambda _: None)
     assert metrics["vision"] == f"dynamer:{run}" and metrics["n"] == 8
+
+
+def test_the_mlp_fusion_maps_every_vision_token(hf_bloom, rad_items, features):
+    feats, rows = features
+    opts = StageOptions(lm=f"hf:{hf_bloom}", fusion="mlp")
+    lm, tokenizer = base_lm(opts, None, None)
+    model = build_model(opts, lm, feats.shape[-1])
+    assert model.qformer is None and {k.split(".")[0] for k, v in model.named_parameters()
+                                      if v.requires_grad and "lora_" not in k} == {"project"}
+    prefix = model.prefix(feats[rows])
+    assert prefix.shape == (len(rows), feats.shape[1], 32)  # one prefix token per vision token, the LM's width
+    assert not torch.allclose(prefix[0], prefix[1])  # two images, two prefixes
+    ids, mask, labels = collate(sequences(rad_items, tokenizer), tokenizer.pad_token_id)
+    out = model(feats[rows], ids, mask, labels)
+    assert out.logits.shape[1] == feats.shape[1] + ids.shape[1] and torch.isfinite(out.loss)
+    with pytest.raises(MedvtabError, match="unknown fusion 'linear'"):
+        VQAModel(lm, 96, fusion="linear")

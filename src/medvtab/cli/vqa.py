@@ -54,6 +54,8 @@ def train(
     lr: float = typer.Option(2e-3, min=0.0),
     img_size: Optional[int] = typer.Option(None, min=8, help="Resample the backbone's position table to this "
                                                              "input size (tiny backbones: 28 px)."),
+    fusion: Optional[str] = typer.Option(None, help="qformer (the paper's, default) or mlp (every vision token "
+                                                    "through a two-layer MLP)."),
     num_queries: Optional[int] = typer.Option(None, min=1, help="Q-Former queries (default 32)."),
     qformer_dropout: Optional[float] = typer.Option(None, min=0.0, max=0.99, help="Q-Former dropout (default "
                                                                               "0.1)."),
@@ -80,12 +82,14 @@ def train(
     # imported here, not at the top: keeps CLI start-up fast
     from medvtab.vqa.train import StageOptions, load_stage_items, texts_of, train_stage
 
-    model_opts = {"vision": vision, "lm": lm, "img_size": img_size, "num_queries": num_queries,
+    model_opts = {"vision": vision, "lm": lm, "img_size": img_size, "fusion": fusion, "num_queries": num_queries,
                   "qformer_dropout": qformer_dropout, "lora_r": lora_r,
                   "lora_targets": None if lora_targets is None else [t.strip() for t in lora_targets.split(",")]}
     given = {k for k, v in model_opts.items() if v is not None}
     if strategy not in ("ddp", "fsdp"):
         raise MedvtabError(f"option '--strategy': expected ddp or fsdp, got '{strategy}'")
+    if fusion not in (None, "qformer", "mlp"):
+        raise MedvtabError(f"option '--fusion': expected qformer or mlp, got '{fusion}'")
     opts = StageOptions(**{k: v for k, v in model_opts.items() if v is not None}, epochs=epochs,
                         batch_size=batch_size, lr=lr, seed=seed, lang=lang, limit=limit, devices=devices,
                         strategy=strategy, device=device)

@@ -45,6 +45,7 @@ class StageOptions(BaseModel):
     vision: str = "tiny-medical"
     lm: str = TINY
     img_size: Optional[int] = Field(None, ge=8)
+    fusion: Literal["qformer", "mlp"] = "qformer"
     num_queries: int = Field(32, ge=1)
     qformer_hidden: int = Field(128, ge=8)
     qformer_layers: int = Field(2, ge=1)
@@ -70,7 +71,7 @@ class StageOptions(BaseModel):
                              self.qformer_dropout)
 
 
-INHERITED = ("vision", "lm", "img_size", "num_queries", "qformer_hidden", "qformer_layers", "qformer_heads",
+INHERITED = ("vision", "lm", "img_size", "fusion", "num_queries", "qformer_hidden", "qformer_layers", "qformer_heads",
              "lora_r", "lora_targets")
 
 
@@ -189,7 +190,7 @@ def build_model(opts: StageOptions, lm, vision_width: int | None) -> VQAModel:
     # low-rank update of its layers teaches it the vocabulary. Measured on VQA-RAD (finetune stage alone, 8 epochs):
     # answer loss 2.99 -> 1.38, closed accuracy 0.515 -> 0.629. An hf: LM keeps them frozen (LoRA only, as the paper).
     lora = add_lora(lm, opts.lora_r, targets, train_embeddings=tiny)
-    return VQAModel(lora, vision_width, opts.qformer())
+    return VQAModel(lora, vision_width, opts.qformer(), opts.fusion)
 
 
 # --- the loop ---------------------------------------------------------------------------------------------------
@@ -277,7 +278,7 @@ def inherit(opts: StageOptions, init_config: dict, given: set[str]) -> StageOpti
         if key in given and getattr(opts, key) != old.get(key):
             raise MedvtabError(f"option '{key}': the --init run was trained with {old.get(key)!r}, got "
                                f"{getattr(opts, key)!r} (a stage continues its init run's model)")
-    return opts.model_copy(update={k: old.get(k) for k in INHERITED})
+    return opts.model_copy(update={k: old[k] for k in INHERITED if k in old})  # runs from before a setting: its default
 
 
 def load_model(run: Path, blind: bool = False):
