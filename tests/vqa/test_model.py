@@ -49,8 +49,8 @@ def features(rad_items):
 
 
 def _model(hf_bloom, vision_width, seed=0):
-    opts = StageOptions(lm=f"hf:{hf_bloom}", num_queries=SMALL.num_queries, qformer_hidden=SMALL.hidden,
-                        qformer_layers=SMALL.layers, qformer_heads=SMALL.heads)
+    opts = StageOptions(lm=f"hf:{hf_bloom}", fusion="qformer", num_queries=SMALL.num_queries,
+                        qformer_hidden=SMALL.hidden, qformer_layers=SMALL.layers, qformer_heads=SMALL.heads)
     lm, tokenizer = base_lm(opts, None, None)
     torch.manual_seed(seed)
     return build_model(opts, lm, vision_width), tokenizer

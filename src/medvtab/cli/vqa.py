@@ -42,7 +42,7 @@ def train(
                                        "folder in one of their formats; several joined by '+', each with an "
                                        "optional :SPLIT (slake:train+slake:val+vqa-rad:train)."),
     out: Path = typer.Option(..., help="New run directory."),
-    vision: Optional[str] = typer.Option(None, help="Backbone spec (default tiny-medical) or dynamer:RUN_DIR; "
+    vision: Optional[str] = typer.Option(None, help="Backbone spec (default tiny-general) or dynamer:RUN_DIR; "
                                                     "with --init, that run's."),
     lm: Optional[str] = typer.Option(None, help="'tiny' (default) or hf:PATH (a local transformers causal LM); "
                                                 "with --init, that run's."),
@@ -54,8 +54,8 @@ def train(
     lr: float = typer.Option(2e-3, min=0.0),
     img_size: Optional[int] = typer.Option(None, min=8, help="Resample the backbone's position table to this "
                                                              "input size (tiny backbones: 28 px)."),
-    fusion: Optional[str] = typer.Option(None, help="qformer (the paper's, default) or mlp (every vision token "
-                                                    "through a two-layer MLP)."),
+    fusion: Optional[str] = typer.Option(None, help="mlp (default: every vision token through a two-layer MLP) "
+                                                    "or qformer (the paper's Q-Former)."),
     num_queries: Optional[int] = typer.Option(None, min=1, help="Q-Former queries (default 32)."),
     qformer_dropout: Optional[float] = typer.Option(None, min=0.0, max=0.99, help="Q-Former dropout (default "
                                                                               "0.1)."),

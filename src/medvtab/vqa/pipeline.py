@@ -52,7 +52,7 @@ class PipelineConfig(BaseModel):
     options: StageOptions = StageOptions()
     caption: StageData = StageData(epochs=2)
     vqa: StageData = StageData(epochs=3)
-    targets: list[TargetData] = [TargetData(data="vqa-rad", epochs=15), TargetData(data="slake", epochs=8)]
+    targets: list[TargetData] = [TargetData(data="vqa-rad", epochs=15), TargetData(data="slake", epochs=10)]
     data_root: Optional[str] = None
 
     @field_validator("targets")
@@ -64,11 +64,11 @@ class PipelineConfig(BaseModel):
         return targets
 
 
-# --quick: what a config file does not set itself. Measured on the 2-core development CPU (see docs/medvqa.md):
-# fewer queries, one pass over captions and general VQA; the fine-tuning keeps enough epochs for the fused model to
-# learn closed answers beyond the majority.
+# --quick: what a config file does not set itself (minutes on the 2-core development CPU, see docs/medvqa.md): one
+# pass over captions and general VQA, and enough fine-tuning epochs for answers that depend on the image (SLAKE
+# fine-tuned alone: 2 epochs were not enough, 4 were).
 QUICK = {"options": {"num_queries": 8}, "caption": {"epochs": 1}, "vqa": {"epochs": 1},
-         "targets": [{"data": "vqa-rad", "epochs": 8}, {"data": "slake", "epochs": 3}]}
+         "targets": [{"data": "vqa-rad", "epochs": 8}, {"data": "slake", "epochs": 4}]}
 
 
 def merge(base: dict, over: dict) -> dict:
@@ -95,7 +95,8 @@ def stage_data(stage: str, sd: StageData, root) -> tuple[str, str | None]:
         vqa_data.set_folder(paper, root)
         return paper, None
     except MedvtabError:
-        return substitute, f"{stage}: {paper} (the paper's set) not found under the data root; in its place: {substitute}"
+        return substitute, (f"{stage}: {paper} (the paper's set) not found under the data root; in its place: "
+                            f"{substitute}")
 
 
 def held_out_of(cfg: PipelineConfig) -> tuple[str, ...]:
