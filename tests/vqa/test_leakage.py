@@ -3,9 +3,10 @@ image id (MedPix holds VQA-RAD images resized, under the same synpic id). The on
 VQA-RAD's fine-tuning on its own train split, whose official split is by question."""
 import pytest
 
-from medvtab.vqa.data import image_file_digest, load_captions, load_vqa
+from medvtab.errors import MedvtabError
+from medvtab.vqa.data import image_file_digest, load_captions, load_vqa, set_folder
 from medvtab.vqa.pipeline import PipelineConfig, held_out_of, plan
-from medvtab.vqa.train import load_stage_items, sources
+from medvtab.vqa.train import StageOptions, load_stage_items, sources
 
 pytestmark = pytest.mark.usefixtures("shared_vqa_data")
 
@@ -44,3 +45,13 @@ def test_without_the_guard_the_pretraining_stages_would_see_test_images():
     medpix = _images(load_captions("medpix", "train"))
     assert _shared(medpix, rad_test) == 9 and len(medpix["digest"] & rad_test["digest"]) == 0  # resized copies
     assert _shared(_images(load_vqa("slake", "train")), rad_test) == 0
+
+
+def test_a_held_out_set_absent_from_the_data_root_is_named_not_fatal(tmp_path):
+    (tmp_path / "vqa_rad").symlink_to(set_folder("vqa-rad"))  # a data root with VQA-RAD only
+    notes = []
+    items, dropped = load_stage_items("vqa", "vqa-rad", "train", StageOptions(), tmp_path, on_note=notes.append)
+    assert (len(items), dropped) == (734, 1063)  # VQA-RAD's test images still held out
+    assert notes[0] == "vqa: held-out slake:test not under the MedVQA data root: its images are not checked"
+    with pytest.raises(MedvtabError, match="unknown set 'nowhere'"):  # a misspelt held-out set is an error
+        load_stage_items("vqa", "vqa-rad", "train", StageOptions(), tmp_path, held_out=("nowhere:test",))

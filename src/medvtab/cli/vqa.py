@@ -103,8 +103,8 @@ def train(
                          vocab_texts=vocab, held_out=_held_out(held_out), on_note=note)
     if config is None:  # another process of a multi-process run: rank 0 reports
         return
-    keys = ("stage", "data", "split", "items", "dropped_leaked", "init", "trainable_params", "train_seconds",
-            "final_loss", "processes")
+    keys = ("stage", "data", "split", "items", "dropped_leaked", "held_out", "own_test_images_in_train", "init",
+            "trainable_params", "train_seconds", "final_loss", "processes")
     print(json.dumps({"out": str(out), **{k: config[k] for k in keys}}, indent=2))
 
 

@@ -139,6 +139,14 @@ def set_folder(name_or_path: str | Path, root: str | Path | None = None) -> Path
     return _locate(name_or_path, VQA_SETS + CAPTION_SETS, root)[1]
 
 
+def is_present(name_or_path: str | Path, root: str | Path | None = None) -> bool:
+    """Whether a registered set's folder is under the data root (a folder given by path must exist: an error)."""
+    key = set_key(str(name_or_path))
+    if key in _FOLDERS:
+        return (vqa_root(root) / _FOLDERS[key]).is_dir()
+    return set_folder(name_or_path, root).is_dir()
+
+
 def _split(kind: str, split: str) -> str:
     """The canonical split name, or an error that lists the splits ``kind`` has."""
     split = _SPLIT_ALIASES.get(kind, {}).get(split, split)

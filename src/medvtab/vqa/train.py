@@ -98,21 +98,26 @@ def held_out_items(refs, root) -> list:
     return items
 
 
+def _ref_set(ref: str) -> str:
+    return ref.rpartition(":")[0] or ref
+
+
 def stage_held_out(stage: str, data: str, held_out, root) -> list[str]:
-    """The test splits whose images a stage must not train on: all of ``held_out``, except that a finetune stage
-    keeps its own set's (VQA-RAD's official split is by question: 202 of its 203 test images are train images
-    too, under other questions; SLAKE's splits share no image)."""
+    """The test splits whose images a stage must not train on: those of ``held_out`` present under the data root,
+    except that a finetune stage keeps its own set's (VQA-RAD's official split is by question: 202 of its 203 test
+    images are train images too, under other questions; SLAKE's splits share no image)."""
+    present = [ref for ref in held_out if vqa_data.is_present(_ref_set(ref), root)]
     if stage != "finetune":
-        return list(held_out)
+        return present
     own = {vqa_data.set_folder(name, root) for name, _ in sources(data, "train")}
-    return [ref for ref in held_out if vqa_data.set_folder(ref.rpartition(":")[0] or ref, root) not in own]
+    return [ref for ref in present if vqa_data.set_folder(_ref_set(ref), root) not in own]
 
 
 def own_test_images(items: list, stage: str, data: str, held_out, root) -> int:
     """How many distinct training images are also images of the held-out test splits a finetune stage keeps
     (its own set's): VQA-RAD's official split shares them by design, and the run says so."""
     kept = set(stage_held_out(stage, data, held_out, root))
-    own = [ref for ref in held_out if ref not in kept]
+    own = [ref for ref in held_out if ref not in kept and vqa_data.is_present(_ref_set(ref), root)]
     if not own:
         return 0
     clean, _ = vqa_data.drop_leaked(items, held_out_items(own, root))
@@ -128,6 +133,9 @@ def load_stage_items(stage: str, data: str, split: str, opts: StageOptions, root
     for name, part in sources(data, split):
         items += (vqa_data.load_captions(name, part, root=root) if stage == "caption"
                   else vqa_data.load_vqa(name, part, lang=opts.lang, root=root))
+    absent = [ref for ref in held_out if not vqa_data.is_present(_ref_set(ref), root)]
+    if absent:
+        on_note(f"{stage}: held-out {', '.join(absent)} not under the MedVQA data root: its images are not checked")
     refs = stage_held_out(stage, data, held_out, root)
     items, dropped = vqa_data.drop_leaked(items, held_out_items(refs, root))
     if dropped:
