@@ -120,3 +120,11 @@ def test_sources_of_a_stage():
     assert sources("slake:train+slake:val+vqa-rad", "test") == [("slake", "train"), ("slake", "val"),
                                                                 ("vqa-rad", "test")]
     assert sources("C:\\data\\slake", "train") == [("C:\\data\\slake", "train")]
+
+
+def test_a_run_from_before_the_fusion_option_is_a_qformer_run(chain, tmp_path):
+    config = json.loads((chain[0] / "finetune" / "config.json").read_text())
+    assert config["options"]["fusion"] == "mlp"  # the default now
+    del config["options"]["fusion"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert read_config(tmp_path)["options"]["fusion"] == "qformer"

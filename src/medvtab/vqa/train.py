@@ -1,7 +1,7 @@
 """Training stages (their evaluation: :mod:`medvtab.vqa.evaluate`; the stages in a row: :mod:`medvtab.vqa.pipeline`).
 
 A stage run directory holds ``config.json`` (stage, data, specs, hyperparameters, the lineage of runs it started
-from), ``trainable.safetensors`` (Q-Former, queries, projection, LoRA), ``log.csv`` (one row per epoch) and, for
+from), ``trainable.safetensors`` (the fusion and LoRA), ``log.csv`` (one row per epoch) and, for
 the tiny LM, ``lm/`` (its random base weights and the tokenizer built from the training text, so later stages and
 evaluation use exactly the same language model). Vision tokens are computed once per image and kept in memory:
 only the fusion and the adapters train.
@@ -33,7 +33,7 @@ from medvtab.vqa.vision import VisionEncoder, load_vision
 
 STAGES = ("caption", "vqa", "finetune")
 CONFIG, WEIGHTS, LOG, LM_DIR = "config.json", "trainable.safetensors", "log.csv", "lm"
-HELD_OUT = ("vqa-rad:test", "slake:test")  # caption images that are also test images are dropped
+HELD_OUT = ("vqa-rad:test", "slake:test")  # no stage trains on these test splits' images (see stage_held_out)
 WARMUP_FRACTION, LR_FLOOR = 0.05, 0.1  # warm-up over 5 % of the steps, cosine decay to a tenth (nanoGPT's schedule)
 Note = Callable[[str], None]
 
@@ -278,6 +278,7 @@ def read_config(run: Path) -> dict:
         raise MedvtabError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(config, dict) or config.get("stage") not in STAGES or "options" not in config:
         raise MedvtabError(f"{path}: not the config of a `medvtab vqa train` run")
+    config["options"].setdefault("fusion", "qformer")  # runs from before the fusion option have a Q-Former
     return config
 
 
@@ -288,7 +289,7 @@ def inherit(opts: StageOptions, init_config: dict, given: set[str]) -> StageOpti
         if key in given and getattr(opts, key) != old.get(key):
             raise MedvtabError(f"option '{key}': the --init run was trained with {old.get(key)!r}, got "
                                f"{getattr(opts, key)!r} (a stage continues its init run's model)")
-    return opts.model_copy(update={k: old[k] for k in INHERITED if k in old})  # runs from before a setting: its default
+    return opts.model_copy(update={k: old[k] for k in INHERITED})
 
 
 def load_model(run: Path, blind: bool = False):
