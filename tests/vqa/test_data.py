@@ -98,9 +98,12 @@ def test_drop_leaked_catches_a_copy_under_another_name(tmp_path, rad):
     shutil.copyfile(rad["test"][0].image, copy)
     other = tmp_path / "other.jpg"
     shutil.copyfile(rad["train"][0].image, other)
-    train = [CaptionItem(copy, "renamed", "a copy"), CaptionItem(other, "other", "another image")]
+    png = tmp_path / "reencoded.png"  # the same pixels in other bytes: the digest is of the decoded image
+    Image.open(rad["test"][0].image).convert("RGB").save(png)
+    train = [CaptionItem(copy, "renamed", "a copy"), CaptionItem(other, "other", "another image"),
+             CaptionItem(png, "reencoded", "a lossless copy")]
     kept, dropped = drop_leaked(train, rad["test"][:1])
-    assert dropped == 1 and kept == train[1:]
+    assert dropped == 2 and kept == train[1:2]
 
 
 def test_closed_candidates(rad):

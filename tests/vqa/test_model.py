@@ -9,8 +9,9 @@ from typer.testing import CliRunner
 from medvtab.errors import MedvtabError
 from medvtab.vqa import data as vqa_data
 from medvtab.vqa.lm import build_tokenizer, load_base
-from medvtab.vqa.model import IGNORE, QFormerConfig, collate, encode_text, question_prompt
-from medvtab.vqa.train import StageOptions, base_lm, build_model, image_features, predict, sequences, texts_of
+from medvtab.vqa.model import IGNORE, QFormerConfig, VQAModel, collate, encode_text, question_prompt
+from medvtab.vqa.evaluate import predict
+from medvtab.vqa.train import StageOptions, base_lm, build_model, image_features, sequences, texts_of
 from medvtab.vqa.vision import load_vision
 
 SMALL = QFormerConfig(num_queries=4, hidden=32, layers=1, heads=2)
@@ -48,8 +49,8 @@ def features(rad_items):
 
 
 def _model(hf_bloom, vision_width, seed=0):
-    opts = StageOptions(lm=f"hf:{hf_bloom}", num_queries=SMALL.num_queries, qformer_hidden=SMALL.hidden,
-                        qformer_layers=SMALL.layers, qformer_heads=SMALL.heads)
+    opts = StageOptions(lm=f"hf:{hf_bloom}", fusion="qformer", num_queries=SMALL.num_queries,
+                        qformer_hidden=SMALL.hidden, qformer_layers=SMALL.layers, qformer_heads=SMALL.heads)
     lm, tokenizer = base_lm(opts, None, None)
     torch.manual_seed(seed)
     return build_model(opts, lm, vision_width), tokenizer
@@ -118,7 +119,7 @@ def test_restricted_decoding_picks_the_best_scoring_candidate(hf_bloom, rad_item
         logp = F.log_softmax(logits[:-1], -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
         assert want.item() == pytest.approx(logp[len(prompt) - 1:].sum().item(), abs=1e-4)
     best = candidates[int(scores.argmax())]
-    picked = predict(model, tokenizer, feats, torch.cat([rows[:1], rows[:1]]), closed, candidates)
+    picked = predict(model, tokenizer, feats, torch.cat([rows[:1], rows[:1]]), closed, candidates)[1]  # restricted
     assert picked == [best, best]
 
 
@@ -180,10 +181,28 @@ def test_dynamer_run_as_vision_side(small_task, tmp_path, rad_items):
     with pytest.raises(MedvtabError, match="not a run directory"):
         load_vision(f"dynamer:{tmp_path / 'nope'}")
     # a stage trains and a run answers with the DynaMer pair as its vision side
-    from medvtab.vqa.train import evaluate, train_stage
+    from medvtab.vqa.evaluate import evaluate
+    from medvtab.vqa.train import train_stage
 
     opts = StageOptions(vision=f"dynamer:{run}", num_queries=4, epochs=1, limit=12)
     config = train_stage("finetune", "vqa-rad", tmp_path / "vqa", opts, on_note=lambda _: None)
     assert (config["vision_width"], config["vision_tokens"]) == (192, 50)
     metrics = evaluate(tmp_path / "vqa", "vqa-rad", "test", limit=8, on_note=lambda _: None)
     assert metrics["vision"] == f"dynamer:{run}" and metrics["n"] == 8
+
+
+def test_the_mlp_fusion_maps_every_vision_token(hf_bloom, rad_items, features):
+    feats, rows = features
+    opts = StageOptions(lm=f"hf:{hf_bloom}", fusion="mlp")
+    lm, tokenizer = base_lm(opts, None, None)
+    model = build_model(opts, lm, feats.shape[-1])
+    assert model.qformer is None and {k.split(".")[0] for k, v in model.named_parameters()
+                                      if v.requires_grad and "lora_" not in k} == {"project"}
+    prefix = model.prefix(feats[rows])
+    assert prefix.shape == (len(rows), feats.shape[1], 32)  # one prefix token per vision token, the LM's width
+    assert not torch.allclose(prefix[0], prefix[1])  # two images, two prefixes
+    ids, mask, labels = collate(sequences(rad_items, tokenizer), tokenizer.pad_token_id)
+    out = model(feats[rows], ids, mask, labels)
+    assert out.logits.shape[1] == feats.shape[1] + ids.shape[1] and torch.isfinite(out.loss)
+    with pytest.raises(MedvtabError, match="unknown fusion 'linear'"):
+        VQAModel(lm, 96, fusion="linear")

@@ -39,9 +39,10 @@ def train(
     stage: str = typer.Option(..., help="caption (image captions), vqa (general medical VQA) or finetune "
                                         "(radiology VQA)."),
     data: str = typer.Option(..., help="A set name (medpix, pmc-oa for captions; slake, vqa-rad, pmc-vqa) or a "
-                                       "folder in one of their formats."),
+                                       "folder in one of their formats; several joined by '+', each with an "
+                                       "optional :SPLIT (slake:train+slake:val+vqa-rad:train)."),
     out: Path = typer.Option(..., help="New run directory."),
-    vision: Optional[str] = typer.Option(None, help="Backbone spec (default tiny-medical) or dynamer:RUN_DIR; "
+    vision: Optional[str] = typer.Option(None, help="Backbone spec (default tiny-general) or dynamer:RUN_DIR; "
                                                     "with --init, that run's."),
     lm: Optional[str] = typer.Option(None, help="'tiny' (default) or hf:PATH (a local transformers causal LM); "
                                                 "with --init, that run's."),
@@ -53,6 +54,8 @@ def train(
     lr: float = typer.Option(2e-3, min=0.0),
     img_size: Optional[int] = typer.Option(None, min=8, help="Resample the backbone's position table to this "
                                                              "input size (tiny backbones: 28 px)."),
+    fusion: Optional[str] = typer.Option(None, help="mlp (default: every vision token through a two-layer MLP) "
+                                                    "or qformer (the paper's Q-Former)."),
     num_queries: Optional[int] = typer.Option(None, min=1, help="Q-Former queries (default 32)."),
     qformer_dropout: Optional[float] = typer.Option(None, min=0.0, max=0.99, help="Q-Former dropout (default "
                                                                               "0.1)."),
@@ -66,8 +69,9 @@ def train(
                                                         "shared/vqa beside the project)."),
     vocab_data: List[str] = typer.Option([], help="New tiny LM: also build its tokenizer from the train split of "
                                                   "this set (repeatable; the later stages' sets)."),
-    held_out: str = typer.Option("vqa-rad:test,slake:test", help="caption stage: drop images of these test "
-                                                                "splits (NAME:SPLIT, comma-separated, or none)."),
+    held_out: str = typer.Option("vqa-rad:test,slake:test", help="Drop training items whose image is an image of "
+                                                                "these test splits (NAME:SPLIT, comma-separated, "
+                                                                "or none); a finetune stage keeps its own set's."),
     devices: int = typer.Option(1, min=1, help="Train on this many CPU processes (each global --batch-size is split "
                                                "across them; under torchrun, the launcher's processes)."),
     strategy: str = typer.Option("ddp", help="ddp, or fsdp (Fabric's sharded data parallel; needs CUDA)."),
@@ -78,12 +82,14 @@ def train(
     # imported here, not at the top: keeps CLI start-up fast
     from medvtab.vqa.train import StageOptions, load_stage_items, texts_of, train_stage
 
-    model_opts = {"vision": vision, "lm": lm, "img_size": img_size, "num_queries": num_queries,
+    model_opts = {"vision": vision, "lm": lm, "img_size": img_size, "fusion": fusion, "num_queries": num_queries,
                   "qformer_dropout": qformer_dropout, "lora_r": lora_r,
                   "lora_targets": None if lora_targets is None else [t.strip() for t in lora_targets.split(",")]}
     given = {k for k, v in model_opts.items() if v is not None}
     if strategy not in ("ddp", "fsdp"):
         raise MedvtabError(f"option '--strategy': expected ddp or fsdp, got '{strategy}'")
+    if fusion not in (None, "qformer", "mlp"):
+        raise MedvtabError(f"option '--fusion': expected qformer or mlp, got '{fusion}'")
     opts = StageOptions(**{k: v for k, v in model_opts.items() if v is not None}, epochs=epochs,
                         batch_size=batch_size, lr=lr, seed=seed, lang=lang, limit=limit, devices=devices,
                         strategy=strategy, device=device)
@@ -97,8 +103,8 @@ def train(
                          vocab_texts=vocab, held_out=_held_out(held_out), on_note=note)
     if config is None:  # another process of a multi-process run: rank 0 reports
         return
-    keys = ("stage", "data", "split", "items", "dropped_leaked", "init", "trainable_params", "train_seconds",
-            "final_loss", "processes")
+    keys = ("stage", "data", "split", "items", "dropped_leaked", "held_out", "own_test_images_in_train", "init",
+            "trainable_params", "train_seconds", "final_loss", "processes")
     print(json.dumps({"out": str(out), **{k: config[k] for k in keys}}, indent=2))
 
 
@@ -107,37 +113,36 @@ def evaluate(
     run: Path = typer.Option(..., help="A vqa or finetune stage run directory."),
     data: str = typer.Option("vqa-rad", help="vqa-rad, slake, pmc-vqa or a folder in one of their formats."),
     split: str = typer.Option("test"),
-    closed_candidates: bool = typer.Option(True, "--closed-candidates/--free",
-                                           help="Closed questions: pick the likeliest answer among the closed "
-                                                "answers of the training set, or decode freely (greedy)."),
     out: Optional[Path] = typer.Option(None, help="Where answers.jsonl and metrics.json go (default: the run)."),
     data_root: Optional[Path] = typer.Option(None, help="MedVQA data root (default: the run's)."),
     limit: Optional[int] = typer.Option(None, min=1, hidden=True, help="Evaluate the first N items (tests)."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N (bf16 autocast on a GPU)."),
 ):
-    """Answer the questions, score them beside the majority and image-blind baselines, print the summary."""
+    """Answer the questions by free generation (and, labelled apart, with closed answers restricted to the training
+    set's), beside the majority and image-blind baselines and the shuffled-image control; print the summary."""
     # imported here, not at the top: keeps CLI start-up fast
-    from medvtab.vqa.train import evaluate as run_eval, summary_line
+    from medvtab.vqa.evaluate import evaluate as run_eval
+    from medvtab.vqa.report import summary_line
 
-    metrics = run_eval(run, data, split, closed_candidates=closed_candidates, out=out, root=data_root,
-                       limit=limit, on_note=note, device=device)
+    metrics = run_eval(run, data, split, out=out, root=data_root, limit=limit, on_note=note, device=device)
     print(summary_line(metrics))
 
 
 @app.command()
 def pipeline(
-    out: Path = typer.Option(..., help="New folder: caption/, vqa/, finetune/ (with metrics.json) inside."),
-    config: Optional[Path] = typer.Option(None, help="YAML file: options, caption, vqa, finetune, eval, data_root "
+    out: Path = typer.Option(..., help="New folder: caption/, vqa/, finetune-<target>/ runs, metrics.json (one "
+                                       "object per target) and summary.md inside."),
+    config: Optional[Path] = typer.Option(None, help="YAML file: options, caption, vqa, targets, data_root "
                                                      "(see medvtab.vqa.pipeline.PipelineConfig)."),
     quick: bool = typer.Option(False, "--quick", help="Short schedule (minutes on a laptop CPU) for the settings "
                                                       "the config file leaves unset."),
 ):
-    """caption (MedPix) -> vqa (SLAKE train) -> finetune (VQA-RAD train) -> eval (VQA-RAD test)."""
+    """caption (PMC-OA, else MedPix) -> vqa (PMC-VQA, else the targets' training splits) -> finetune on each target
+    (VQA-RAD, SLAKE) -> each evaluated on its test split; prints the protocol and the tables."""
     # imported here, not at the top: keeps CLI start-up fast
     from pydantic import ValidationError
 
-    from medvtab.vqa.pipeline import QUICK, PipelineConfig, merge, run_pipeline
-    from medvtab.vqa.train import summary_line
+    from medvtab.vqa.pipeline import QUICK, PipelineConfig, merge, report, run_pipeline
     from medvtab.yaml_files import read_yaml
 
     raw = {}
@@ -151,6 +156,6 @@ def pipeline(
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise MedvtabError(f"{config or 'pipeline config'}: {where}: {first['msg']}") from None
-    metrics = run_pipeline(cfg, out, on_note=note)
-    if metrics is not None:  # None: another process of a multi-process run
-        print(summary_line(metrics))
+    summary = run_pipeline(cfg, out, on_note=note)
+    if summary is not None:  # None: another process of a multi-process run
+        print(report(summary))

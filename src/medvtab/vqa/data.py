@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import hashlib
 import json
 import logging
 import re
@@ -30,11 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
+import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
 from medvtab.data.images import read_image
+from medvtab.data.leakage import image_digest
 from medvtab.data.loading import shared_root
-from medvtab.errors import MedvtabError
+from medvtab.errors import MedvtabError, first_line
 from medvtab.vqa.metrics import normalize_answer
 
 log = logging.getLogger(__name__)
@@ -93,7 +95,7 @@ def vqa_root(root: str | Path | None = None) -> Path:
     return path.resolve()
 
 
-def _set_key(name: str) -> str:
+def set_key(name: str) -> str:
     """A registered name with case, spaces and underscores forgiven ('VQA_RAD' -> 'vqa-rad')."""
     return re.sub(r"[\s_]+", "-", name.strip().lower())
 
@@ -115,7 +117,7 @@ def _detect(folder: Path) -> str | None:
 
 def _locate(name_or_path: str | Path, kinds: tuple[str, ...], root: str | Path | None) -> tuple[str, Path]:
     """(set name, folder) for a registered name under the data root, or for a folder in one of the formats."""
-    key = _set_key(str(name_or_path))
+    key = set_key(str(name_or_path))
     if key in kinds:
         folder = vqa_root(root) / _FOLDERS[key]
         if not folder.is_dir():
@@ -130,6 +132,19 @@ def _locate(name_or_path: str | Path, kinds: tuple[str, ...], root: str | Path |
         raise MedvtabError(f"{folder}: not a {' / '.join(kinds)} folder (expected the files of one of those "
                            f"formats, e.g. '{_RAD_FILE}', train.json with imgs/, train.csv, train.jsonl)")
     return kind, folder.resolve()
+
+
+def set_folder(name_or_path: str | Path, root: str | Path | None = None) -> Path:
+    """The folder of a VQA or caption set, by registered name or folder: two references to one set agree."""
+    return _locate(name_or_path, VQA_SETS + CAPTION_SETS, root)[1]
+
+
+def is_present(name_or_path: str | Path, root: str | Path | None = None) -> bool:
+    """Whether a registered set's folder is under the data root (a folder given by path must exist: an error)."""
+    key = set_key(str(name_or_path))
+    if key in _FOLDERS:
+        return (vqa_root(root) / _FOLDERS[key]).is_dir()
+    return set_folder(name_or_path, root).is_dir()
 
 
 def _split(kind: str, split: str) -> str:
@@ -379,16 +394,19 @@ def load_captions(name_or_path: str | Path, split: str, *, root: str | Path | No
 
 
 @functools.lru_cache(maxsize=None)
-def _digest(path: Path) -> str:
-    """sha256 of the file's bytes: catches the same image under another name."""
+def image_file_digest(path: Path) -> str:
+    """:func:`medvtab.data.leakage.image_digest` of the file's decoded pixels at their own size: the same picture
+    under another name, or losslessly re-encoded, has the same digest."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError as err:
-        raise MedvtabError(f"{path}: unreadable image file ({err.strerror})") from None
+        with Image.open(path) as img:
+            pixels = np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise MedvtabError(f"{path}: unreadable image ({first_line(err)})") from None
+    return image_digest(pixels)
 
 
 def drop_leaked(train: list, held_out: list) -> tuple[list, int]:
-    """Training items (VQA or caption) without the images of ``held_out``: same ``image_id`` or same bytes.
+    """Training items (VQA or caption) without the images of ``held_out``: same ``image_id`` or same pixels.
 
     Meant for a caption or general-VQA set against a VQA test split (19 MedPix images are VQA-RAD images,
     under the same synpic id but resized differently, so the id catches them and the digest catches copies
@@ -396,8 +414,8 @@ def drop_leaked(train: list, held_out: list) -> tuple[list, int]:
     split's 203 images by design (its split is by question).
     """
     ids = {item.image_id for item in held_out}
-    digests = {_digest(path) for path in {item.image for item in held_out}}
-    kept = [item for item in train if item.image_id not in ids and _digest(item.image) not in digests]
+    digests = {image_file_digest(path) for path in {item.image for item in held_out}}
+    kept = [item for item in train if item.image_id not in ids and image_file_digest(item.image) not in digests]
     return kept, len(train) - len(kept)
 
 

@@ -67,21 +67,35 @@ def collate(sequences: list[tuple[list[int], int]], pad_id: int, left: bool = Fa
     return input_ids, mask, labels
 
 
+FUSIONS = ("qformer", "mlp")
+
+
 class VQAModel(nn.Module):
-    """Q-Former + projection in front of a (LoRA-wrapped, frozen) causal LM.
+    """The fusion in front of a (LoRA-wrapped, frozen) causal LM: a Q-Former and a projection (the paper's, BLIP-2's),
+    or ``fusion="mlp"``: a two-layer MLP that maps every vision token into the LM's space (LLaVA's projector).
 
     ``lm``: a peft-wrapped causal LM (:func:`medvtab.vqa.lm.add_lora`); ``vision_width``: the vision tokens'
-    width, or None for the image-blind model (no queries)."""
+    width, or None for the image-blind model (no prefix)."""
 
-    def __init__(self, lm: nn.Module, vision_width: int | None, qformer: QFormerConfig = QFormerConfig()):
+    def __init__(self, lm: nn.Module, vision_width: int | None, qformer: QFormerConfig = QFormerConfig(),
+                 fusion: str = "qformer"):
         super().__init__()
         from transformers import Blip2QFormerConfig, Blip2QFormerModel  # optional extra medvtab[vqa]
 
+        if fusion not in FUSIONS:
+            raise MedvtabError(f"unknown fusion '{fusion}' (expected one of: {', '.join(FUSIONS)})")
         self.lm = lm
         self.vision_width = vision_width
         self.qformer_config = qformer
+        self.fusion = fusion
+        self.qformer = self.query_tokens = self.project = None
         if vision_width is None:
-            self.qformer = self.query_tokens = self.project = None
+            return
+        width = lm.get_input_embeddings().embedding_dim
+        if fusion == "mlp":
+            # Default (not zero) initialisation: measured on SLAKE, this path carries the image from the first
+            # epochs (docs/medvqa.md), where the tiny Q-Former's pooled queries had not yet learned to.
+            self.project = nn.Sequential(nn.Linear(vision_width, width), nn.GELU(), nn.Linear(width, width))
             return
         config = Blip2QFormerConfig(hidden_size=qformer.hidden, num_hidden_layers=qformer.layers,
                                     num_attention_heads=qformer.heads, intermediate_size=4 * qformer.hidden,
@@ -92,18 +106,22 @@ class VQAModel(nn.Module):
         self.query_tokens = nn.Parameter(torch.randn(1, qformer.num_queries, qformer.hidden) * 0.02)
         # Zero-initialised, so training starts from the image-blind model (the queries carry nothing yet) instead
         # of random query embeddings that disturb a frozen LM before the fusion has learned anything.
-        self.project = nn.Linear(qformer.hidden, lm.get_input_embeddings().embedding_dim)
+        self.project = nn.Linear(qformer.hidden, width)
         nn.init.zeros_(self.project.weight)
         nn.init.zeros_(self.project.bias)
 
     @property
     def num_queries(self) -> int:
+        """The Q-Former's queries: the prefix length (0 when blind; the MLP fusion's prefix is every vision token)."""
         return 0 if self.query_tokens is None else self.query_tokens.shape[1]
 
     def prefix(self, features: torch.Tensor | None) -> torch.Tensor | None:
-        """Vision tokens ``(B, N, D)`` -> query embeddings in the LM's space ``(B, Q, E)`` (None when blind)."""
-        if self.qformer is None:
+        """Vision tokens ``(B, N, D)`` -> the prefix in the LM's space: ``(B, Q, E)`` query embeddings, or
+        ``(B, N, E)`` for the MLP fusion (None when blind)."""
+        if self.vision_width is None:
             return None
+        if self.qformer is None:
+            return self.project(features)
         queries = self.query_tokens.expand(features.shape[0], -1, -1)
         out = self.qformer(query_embeds=queries, encoder_hidden_states=features).last_hidden_state
         return self.project(out)

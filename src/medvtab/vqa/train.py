@@ -1,7 +1,7 @@
-"""Training stages and evaluation with reference baselines (the three stages in a row: :mod:`medvtab.vqa.pipeline`).
+"""Training stages (their evaluation: :mod:`medvtab.vqa.evaluate`; the stages in a row: :mod:`medvtab.vqa.pipeline`).
 
 A stage run directory holds ``config.json`` (stage, data, specs, hyperparameters, the lineage of runs it started
-from), ``trainable.safetensors`` (Q-Former, queries, projection, LoRA), ``log.csv`` (one row per epoch) and, for
+from), ``trainable.safetensors`` (the fusion and LoRA), ``log.csv`` (one row per epoch) and, for
 the tiny LM, ``lm/`` (its random base weights and the tokenizer built from the training text, so later stages and
 evaluation use exactly the same language model). Vision tokens are computed once per image and kept in memory:
 only the fusion and the adapters train.
@@ -19,7 +19,7 @@ from typing import Callable, Literal, Optional
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from medvtab.atomic import atomic_write, make_output_dir, write_csv, write_json
+from medvtab.atomic import write_csv, write_json
 from medvtab.engine.distributed import launch as launch_fabric
 from medvtab.engine.loop import seed_everything
 from medvtab.engine.precision import autocast
@@ -28,14 +28,12 @@ from medvtab.engine.schedule import warmup_cosine, warmup_steps
 from medvtab.errors import MedvtabError
 from medvtab.vqa import data as vqa_data
 from medvtab.vqa.lm import TINY, TINY_LORA_TARGETS, HF_PREFIX, add_lora, build_tiny, check_spec, load_base, save_base
-from medvtab.vqa.metrics import majority_answers, normalize_answer, score
 from medvtab.vqa.model import CAPTION_PROMPT, IGNORE, QFormerConfig, VQAModel, collate, encode_text, question_prompt
 from medvtab.vqa.vision import VisionEncoder, load_vision
 
 STAGES = ("caption", "vqa", "finetune")
 CONFIG, WEIGHTS, LOG, LM_DIR = "config.json", "trainable.safetensors", "log.csv", "lm"
-ANSWERS, METRICS = "answers.jsonl", "metrics.json"
-HELD_OUT = ("vqa-rad:test", "slake:test")  # caption images that are also test images are dropped
+HELD_OUT = ("vqa-rad:test", "slake:test")  # no stage trains on these test splits' images (see stage_held_out)
 WARMUP_FRACTION, LR_FLOOR = 0.05, 0.1  # warm-up over 5 % of the steps, cosine decay to a tenth (nanoGPT's schedule)
 Note = Callable[[str], None]
 
@@ -44,9 +42,12 @@ class StageOptions(BaseModel):
     """What a stage trains with; a stage started from ``init`` takes vision, LM, image size, fusion and LoRA
     settings from that run (they define the weights it continues)."""
     model_config = ConfigDict(extra="forbid")
-    vision: str = "tiny-medical"
+    # tiny-general and the MLP fusion: of the bundled encoders and the two fusions, the pair whose answers depend on
+    # the image on SLAKE (beyond the shuffled-image control); the tiny Q-Former's did not (docs/medvqa.md).
+    vision: str = "tiny-general"
     lm: str = TINY
     img_size: Optional[int] = Field(None, ge=8)
+    fusion: Literal["qformer", "mlp"] = "mlp"
     num_queries: int = Field(32, ge=1)
     qformer_hidden: int = Field(128, ge=8)
     qformer_layers: int = Field(2, ge=1)
@@ -72,11 +73,22 @@ class StageOptions(BaseModel):
                              self.qformer_dropout)
 
 
-INHERITED = ("vision", "lm", "img_size", "num_queries", "qformer_hidden", "qformer_layers", "qformer_heads",
+INHERITED = ("vision", "lm", "img_size", "fusion", "num_queries", "qformer_hidden", "qformer_layers", "qformer_heads",
              "lora_r", "lora_targets")
 
 
 # --- data ------------------------------------------------------------------------------------------------------
+def sources(data: str, split: str) -> list[tuple[str, str]]:
+    """``NAME[:SPLIT]+NAME[:SPLIT]...`` as (name, split) pairs, ``split`` where a part names none: a stage may
+    train on several sets at once (the general-VQA stage without PMC-VQA)."""
+    out = []
+    for part in str(data).split("+"):
+        name, sep, own = part.strip().rpartition(":")
+        named = sep and own and not any(c in own for c in "/\\")  # 'C:\\data' is a folder, not a split
+        out.append((name, own) if named else (part.strip(), split))
+    return out
+
+
 def held_out_items(refs, root) -> list:
     """The test items named by 'NAME:SPLIT' references (split 'test' when none is given)."""
     items = []
@@ -86,17 +98,48 @@ def held_out_items(refs, root) -> list:
     return items
 
 
+def _ref_set(ref: str) -> str:
+    return ref.rpartition(":")[0] or ref
+
+
+def stage_held_out(stage: str, data: str, held_out, root) -> list[str]:
+    """The test splits whose images a stage must not train on: those of ``held_out`` present under the data root,
+    except that a finetune stage keeps its own set's (VQA-RAD's official split is by question: 202 of its 203 test
+    images are train images too, under other questions; SLAKE's splits share no image)."""
+    present = [ref for ref in held_out if vqa_data.is_present(_ref_set(ref), root)]
+    if stage != "finetune":
+        return present
+    own = {vqa_data.set_folder(name, root) for name, _ in sources(data, "train")}
+    return [ref for ref in present if vqa_data.set_folder(_ref_set(ref), root) not in own]
+
+
+def own_test_images(items: list, stage: str, data: str, held_out, root) -> int:
+    """How many distinct training images are also images of the held-out test splits a finetune stage keeps
+    (its own set's): VQA-RAD's official split shares them by design, and the run says so."""
+    kept = set(stage_held_out(stage, data, held_out, root))
+    own = [ref for ref in held_out if ref not in kept and vqa_data.is_present(_ref_set(ref), root)]
+    if not own:
+        return 0
+    clean, _ = vqa_data.drop_leaked(items, held_out_items(own, root))
+    return len({i.image for i in items}) - len({i.image for i in clean})
+
+
 def load_stage_items(stage: str, data: str, split: str, opts: StageOptions, root, held_out=HELD_OUT,
                      on_note: Note = print) -> tuple[list, int]:
-    """The stage's training items (captions for 'caption', questions otherwise), the first ``limit`` of them,
-    and how many caption items were dropped because their image is a held-out test image."""
-    if stage == "caption":
-        items = vqa_data.load_captions(data, split, root=root)
-        items, dropped = vqa_data.drop_leaked(items, held_out_items(held_out, root))
-        if dropped:
-            on_note(f"caption: dropped {dropped} item(s) whose image is a held-out test image ({', '.join(held_out)})")
-    else:
-        items, dropped = vqa_data.load_vqa(data, split, lang=opts.lang, root=root), 0
+    """The stage's training items (captions for 'caption', questions otherwise) from every source of ``data``,
+    without those whose image is a held-out test image (:func:`stage_held_out`), the first ``limit`` of them;
+    and how many were dropped."""
+    items = []
+    for name, part in sources(data, split):
+        items += (vqa_data.load_captions(name, part, root=root) if stage == "caption"
+                  else vqa_data.load_vqa(name, part, lang=opts.lang, root=root))
+    absent = [ref for ref in held_out if not vqa_data.is_present(_ref_set(ref), root)]
+    if absent:
+        on_note(f"{stage}: held-out {', '.join(absent)} not under the MedVQA data root: its images are not checked")
+    refs = stage_held_out(stage, data, held_out, root)
+    items, dropped = vqa_data.drop_leaked(items, held_out_items(refs, root))
+    if dropped:
+        on_note(f"{stage}: dropped {dropped} item(s) whose image is a held-out test image ({', '.join(refs)})")
     items = items[:opts.limit] if opts.limit else items
     if not items:
         raise MedvtabError(f"{data} {split}: no training items")
@@ -157,7 +200,7 @@ def build_model(opts: StageOptions, lm, vision_width: int | None) -> VQAModel:
     # low-rank update of its layers teaches it the vocabulary. Measured on VQA-RAD (finetune stage alone, 8 epochs):
     # answer loss 2.99 -> 1.38, closed accuracy 0.515 -> 0.629. An hf: LM keeps them frozen (LoRA only, as the paper).
     lora = add_lora(lm, opts.lora_r, targets, train_embeddings=tiny)
-    return VQAModel(lora, vision_width, opts.qformer())
+    return VQAModel(lora, vision_width, opts.qformer(), opts.fusion)
 
 
 # --- the loop ---------------------------------------------------------------------------------------------------
@@ -235,6 +278,7 @@ def read_config(run: Path) -> dict:
         raise MedvtabError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(config, dict) or config.get("stage") not in STAGES or "options" not in config:
         raise MedvtabError(f"{path}: not the config of a `medvtab vqa train` run")
+    config["options"].setdefault("fusion", "qformer")  # runs from before the fusion option have a Q-Former
     return config
 
 
@@ -245,7 +289,7 @@ def inherit(opts: StageOptions, init_config: dict, given: set[str]) -> StageOpti
         if key in given and getattr(opts, key) != old.get(key):
             raise MedvtabError(f"option '{key}': the --init run was trained with {old.get(key)!r}, got "
                                f"{getattr(opts, key)!r} (a stage continues its init run's model)")
-    return opts.model_copy(update={k: old.get(k) for k in INHERITED})
+    return opts.model_copy(update={k: old[k] for k in INHERITED})
 
 
 def load_model(run: Path, blind: bool = False):
@@ -295,6 +339,10 @@ def train_stage(stage: str, data: str, out: Path, opts: StageOptions, *, split: 
     encoder = load_vision(opts.vision, opts.img_size)
     device = fabric.device if fabric is not None else run_device(opts.device)
     features, rows = image_features(encoder, items, device=device)
+    shared = own_test_images(items, stage, data, held_out, root)
+    if shared:
+        on_note(f"{stage}: {shared} training image(s) of {data} are also its test images, under other questions "
+                f"(the set's official split is by question)")
     with staged_run_dir(out) if writer else nullcontext() as stage_dir:
         if opts.lm == TINY and writer:
             save_base(lm, tokenizer, stage_dir / LM_DIR)  # the plain base LM, before LoRA wraps it
@@ -310,7 +358,8 @@ def train_stage(stage: str, data: str, out: Path, opts: StageOptions, *, split: 
             "input_size": encoder.input_size, "vocab_size": len(tokenizer),
             "init": None if init is None else str(Path(init).resolve()),
             "lineage": [] if init_config is None else init_config["lineage"] + [str(Path(init).resolve())],
-            "items": len(items), "dropped_leaked": dropped, "held_out": list(held_out) if stage == "caption" else [],
+            "items": len(items), "dropped_leaked": dropped, "held_out": stage_held_out(stage, data, held_out, root),
+            "own_test_images_in_train": shared,
             "trainable_params": sum(v.numel() for v in model.trainable_state_dict().values()),
             "train_seconds": round(time.perf_counter() - start, 2), "final_loss": log[-1]["loss"],
             "processes": 1 if fabric is None else fabric.world_size,
@@ -322,99 +371,3 @@ def train_stage(stage: str, data: str, out: Path, opts: StageOptions, *, split: 
     if fabric is not None:
         fabric.barrier()  # the next stage of a pipeline reads this run on every process
     return config if writer else None
-
-
-# --- evaluation ---------------------------------------------------------------------------------------------------
-def predict(model: VQAModel, tokenizer, features, rows, items: list, candidates: list[str] | None,
-            batch_size: int = 32, max_new_tokens: int = 10) -> list[str]:
-    """Greedy answers; closed questions pick the likeliest of ``candidates`` instead when given."""
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    device = model.lm.get_input_embeddings().weight.device
-    cand_ids = None
-    if candidates:
-        cand_ids = [tokenizer(" " + c, add_special_tokens=False)["input_ids"] + [eos] for c in candidates]
-    answers = [""] * len(items)
-    for start in range(0, len(items), batch_size):
-        idx = list(range(start, min(start + batch_size, len(items))))
-        feats = None if features is None else features[rows[idx]].to(device)
-        prompts = [encode_text(tokenizer, question_prompt(items[i].question))[0] for i in idx]
-        closed = [k for k, i in enumerate(idx) if cand_ids and items[i].answer_type == "closed"]
-        free = [k for k in range(len(idx)) if k not in closed]
-        if closed:
-            with autocast(device):
-                scores = model.score_candidates(None if feats is None else feats[closed],
-                                                [prompts[k] for k in closed], cand_ids, pad)
-            for k, best in zip(closed, scores.argmax(dim=1).tolist()):
-                answers[idx[k]] = candidates[best]
-        if free:
-            ids, mask, _ = collate([(prompts[k], len(prompts[k])) for k in free], pad, left=True)
-            with autocast(device):
-                out = model.generate(None if feats is None else feats[free], ids.to(device), mask.to(device), eos,
-                                     pad, max_new_tokens)
-            for k, tokens in zip(free, out):
-                answers[idx[k]] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-    return answers
-
-
-def image_blind_baseline(run: Path, train_items: list, test_items: list, candidates, on_note: Note,
-                         device: torch.device = torch.device("cpu")) -> list[str]:
-    """The same LM and LoRA trained as long on the same questions without the image: what the question alone
-    gives away."""
-
-    seed_everything(read_config(run)["options"]["seed"])  # before the LoRA weights are drawn: the same in any process
-    model, tokenizer, opts, _ = load_model(run, blind=True)
-    fit(model, sequences(train_items, tokenizer), None, None, tokenizer, opts, on_note, "image-blind",
-        device=device)
-    return predict(model, tokenizer, None, None, test_items, candidates)
-
-
-def evaluate(run: Path, data: str, split: str = "test", *, closed_candidates: bool = True, out: Path | None = None,
-             root=None, limit: int | None = None, on_note: Note = print, device: str = "cpu") -> dict:
-    """Answer every question of ``data``/``split`` and score it beside the majority and image-blind baselines,
-    on ``device``; writes ``answers.jsonl`` and ``metrics.json`` to ``out`` (default: the run directory)."""
-    run = Path(run)
-    torch_device = run_device(device)
-    model, tokenizer, opts, config = load_model(run)
-    model.to(torch_device)
-    if config["stage"] == "caption":
-        raise MedvtabError(f"{run}: a caption stage run answers no questions; evaluate a vqa or finetune run")
-    root = root if root is not None else config.get("root")
-    if out is not None and Path(out).resolve() != run.resolve():
-        check_new_run_dir(Path(out))
-    out = Path(out) if out is not None else run
-    test = vqa_data.load_vqa(data, split, lang=opts.lang, root=root)
-    test = test[:limit] if limit else test
-    train, _ = load_stage_items(config["stage"], config["data"], config["split"], opts, root, on_note=on_note)
-    candidates = vqa_data.closed_candidates(train) if closed_candidates else None
-    features, rows = image_features(load_vision(opts.vision, opts.img_size), test, device=torch_device)
-    start = time.perf_counter()
-    predictions = predict(model, tokenizer, features, rows, test, candidates)
-    eval_seconds = time.perf_counter() - start
-    blind = image_blind_baseline(run, train, test, candidates, on_note, torch_device)
-    metrics = {
-        **score(predictions, test),
-        "baselines": {"majority": score(majority_answers(train, test), test),
-                      "image_blind": score(blind, test)},
-        "run": str(run.resolve()), "data": str(data), "split": split, "stage": config["stage"],
-        "decoding": "closed candidates" if closed_candidates else "greedy",
-        "closed_candidates": len(candidates or []), "vision": opts.vision, "lm": opts.lm,
-        "trained_on": {"data": config["data"], "split": config["split"], "items": len(train)},
-        "lineage": config["lineage"] + [str(run.resolve())], "eval_seconds": round(eval_seconds, 2),
-    }
-    rows_out = [{"qid": i.qid, "question": i.question, "answer_type": i.answer_type, "gold": i.answer,
-                 "prediction": p, "correct": normalize_answer(p) == normalize_answer(i.answer)}
-                for i, p in zip(test, predictions)]
-    make_output_dir(out)
-    atomic_write(out / ANSWERS, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in rows_out)))
-    write_json(out / METRICS, metrics)
-    return metrics
-
-
-def summary_line(metrics: dict) -> str:
-    """closed/open/overall accuracy of the model and both baselines, one line."""
-    def triple(m):
-        return "/".join("-" if m[k] is None else f"{m[k]:.3f}" for k in
-                        ("closed_accuracy", "open_accuracy", "overall_accuracy"))
-    b = metrics["baselines"]
-    return (f"{metrics['data']} {metrics['split']} closed/open/overall: model {triple(metrics)}, "
-            f"majority {triple(b['majority'])}, image-blind {triple(b['image_blind'])}")
