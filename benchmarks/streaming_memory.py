@@ -3,11 +3,13 @@ acceptance 1): the streaming data path must not grow with the set.
 
 For each count, builds an ImageFolder set of real images as ``benchmarks/prepare_memory.py`` does (a .npz's train
 images resized up to ``--raw-size``, repeats as hard links), prepares it with ``medvtab data prepare`` at
-``--image-size`` (a pooled task: training carves 70/10/20 from it), then runs one epoch of ``medvtab train`` of each
-method on the tiny pair with each worker count, sampling the summed RssAnon of the command and all its descendants
-(``/proc/PID/status``: anonymous pages only; the memory map's file pages, which the kernel can drop, do not count).
-Prints one JSON line per run (``prepare`` rows included) and the ratio of the largest set's peak to the smallest's.
-The sets are deleted afterwards (``--keep`` keeps them).
+``--image-size`` (a pooled task: training carves 70/10/20 from it), runs ``medvtab data check`` on it, then one
+epoch of ``medvtab train`` of each method on the tiny pair with each worker count, sampling the summed RssAnon of
+the command and all its descendants (``/proc/PID/status``: anonymous pages only; the memory map's file pages, which
+the kernel can drop, do not count). Repeated images are duplicates across the carved splits, which the data check
+reports as an error (exit 1, accepted here): training runs with ``--no-check``, the check measured on its own.
+Prints one JSON line per command and the ratio of the largest set's peak to the smallest's. The sets are deleted
+afterwards (``--keep`` keeps them).
 
     python benchmarks/streaming_memory.py [--counts 2000 20000] [--methods linear dynamer] [--workers 0 2] [--dir DIR]
 """
@@ -52,12 +54,17 @@ def main() -> None:
                  "imagefolder", "--image-size", str(args.image_size), "--workers", "1"])}
             print(json.dumps(row), flush=True)
             results.append(row)
+            row = {"command": "check", "images": count, "workers": 0,
+                   **measure([*cli, "data", "check", str(prepared)], ok=(0, 1))}
+            print(json.dumps(row), flush=True)
+            results.append(row)
             for method in args.methods:
                 for workers in args.workers:
                     out = args.dir / f"run_{count}_{method}_w{workers}"
                     shutil.rmtree(out, ignore_errors=True)
                     cmd = [*cli, "train", "--task", str(prepared), "--method", method, "--epochs", "1",
-                           "--batch-size", str(args.batch_size), "--out", str(out), "--num-workers", str(workers)]
+                           "--batch-size", str(args.batch_size), "--out", str(out), "--num-workers", str(workers),
+                           "--no-check"]
                     row = {"command": "train", "method": method, "images": count, "workers": workers, **measure(cmd)}
                     run = json.loads((out / "metrics.json").read_text())
                     row.update(split_sizes=run["split_sizes"], accuracy=run["accuracy"],
