@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,18 +73,21 @@ def descendants(root: int) -> list[int]:
     return found
 
 
-def measure(cmd: list[str]) -> dict:
-    """Peak summed RssAnon (MiB) of ``cmd`` and its descendants, the most processes seen, and the wall time."""
+def measure(cmd: list[str], ok: tuple[int, ...] = (0,)) -> dict:
+    """Peak summed RssAnon (MiB) of ``cmd`` and its descendants, the most processes seen, and the wall time; an
+    exit status not in ``ok`` stops the benchmark."""
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak, most = 0, 0
-    while proc.poll() is None:
-        pids = [proc.pid, *descendants(proc.pid)]
-        peak, most = max(peak, sum(rss_anon_kib(p) for p in pids)), max(most, len(pids))
-        time.sleep(SAMPLE_S)
-    seconds = time.monotonic() - start
-    err = proc.stderr.read()
-    if proc.returncode:
+    with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: a chatty command must not block on it
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        peak, most = 0, 0
+        while proc.poll() is None:
+            pids = [proc.pid, *descendants(proc.pid)]
+            peak, most = max(peak, sum(rss_anon_kib(p) for p in pids)), max(most, len(pids))
+            time.sleep(SAMPLE_S)
+        seconds = time.monotonic() - start
+        log.seek(0)
+        err = log.read()
+    if proc.returncode not in ok:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {err.strip().splitlines()[-1:]}")
     return {"peak_rss_anon_mib": round(peak / 1024, 1), "processes": most, "seconds": round(seconds, 1)}
 

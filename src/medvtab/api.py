@@ -26,7 +26,7 @@ from medvtab.backbones.timm_any import from_model
 from medvtab.data import Split, load_task
 from medvtab.engine import rundir
 from medvtab.engine.evaluate import evaluate as evaluate_probs
-from medvtab.engine.loop import FitResult, TrainConfig, as_tensor, seed_everything
+from medvtab.engine.loop import FitResult, TrainConfig, seed_everything
 from medvtab.engine.loop import fit as fit_loop
 from medvtab.engine.metrics import classification_metrics
 from medvtab.engine.run import read_run_config
@@ -117,7 +117,7 @@ def evaluate(model: AdaptedModel, split: Split, *, batch_size: int = 256) -> dic
     """Classification metrics on ``split`` (accuracy, balanced accuracy, macro-F1, AUROC, per-class recall; for a
     multi-label task the per-label ones), on the device the model is on."""
     device = next(model.parameters()).device
-    result = evaluate_probs(model, as_tensor(split), split.y, batch_size, device)
+    result = evaluate_probs(model, split.images, split.y, batch_size, device)
     return classification_metrics(split.y, result.probs)
 
 

@@ -216,7 +216,7 @@ def test_load_run_round_trip(trained, bundled):
         assert torch.equal(a(x), b(x))
     # the reloaded weights reproduce the test metrics the run reported
     labels = bundled["test_labels"].reshape(-1).astype(np.int64)
-    images = torch.from_numpy(bundled["test_images"]).unsqueeze(1)
+    images = bundled["test_images"][..., None]
     result = evaluate(a, images, labels, trained.metrics["eval_batch_size"], torch.device("cpu"))
     got = classification_metrics(labels, result.probs)
     assert got["accuracy"] == trained.metrics["accuracy"]

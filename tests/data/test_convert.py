@@ -16,6 +16,7 @@ from PIL import Image
 from medvtab.data import manifest
 from medvtab.data.convert import prepare
 from medvtab.data.loading import bundled_path, load_task
+from medvtab.data.taskdata import ImageRows
 from medvtab.errors import MedvtabError
 
 SIZE = 28  # the bundled images' size: no resizing, so pixel values can be checked exactly
@@ -80,6 +81,13 @@ def test_imagefolder_prepares_loads_memmapped_and_keeps_pixels(tmp_path, real):
     for split in data.splits().values():  # pool positions index the stored array
         assert np.array_equal(split.images, stored[split.index])
         assert np.array_equal(split.labels, np.array([int(rows[i]["label"]) for i in split.index]))
+        # carved without copying: rows of the map, read one at a time when asked for
+        assert isinstance(split.images, ImageRows) and split.images.base.filename is not None
+        assert split.images.shape == (len(split), 28, 28, 1)
+        assert all(np.array_equal(a, b) for a, b in zip(split.images, stored[split.index]))
+    fewer = load_task(str(out), train_size=8)  # a subset of a subset stays on disk too
+    assert isinstance(fewer.train.images, ImageRows) and len(fewer.train) == 8
+    assert np.array_equal(fewer.train.images[2:5], stored[fewer.train.index[2:5]])
 
 
 def test_imagefolder_split_folders_give_the_splits_as_memmap_views(tmp_path, real):

@@ -196,7 +196,7 @@ def test_evaluation_oom_halves_the_eval_batch_with_identical_results(small_task,
     monkeypatch.undo()  # the model loaded back fits any batch until told otherwise
     model, _, _ = load_run(tmp_path / "auto")
     with np.load(small_task) as data:
-        images, labels = torch.from_numpy(data["test_images"]).unsqueeze(1), data["test_labels"].reshape(-1)
+        images, labels = data["test_images"][..., None], data["test_labels"].reshape(-1)
     whole = evaluate(model, images, labels, 256, torch.device("cpu"))
 
     def fits_3(module, args):

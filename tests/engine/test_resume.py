@@ -1,5 +1,5 @@
 """Faults during training: a run killed by SIGKILL right after an epoch checkpoint resumes from it to the
-metrics and predictions of an uninterrupted run (exactly, on CPU); a non-finite loss stops the run with the epoch
+metrics and predictions of an uninterrupted run (exactly, on CPU, whatever the loader's worker count); a non-finite loss stops the run with the epoch
 named and the checkpoint kept, or is skipped and counted with --skip-nonfinite; checkpoints never unpickle code."""
 from __future__ import annotations
 
@@ -49,9 +49,9 @@ def test_sigkill_after_a_checkpoint_then_resume_gives_identical_metrics(small_ta
     done = subprocess.run(TRAIN + args + ["--out", str(whole)], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
 
-    killed = tmp_path / "killed"
-    got = subprocess.run(KILLED_AFTER_EPOCH_1 + TRAIN[3:] + args + ["--out", str(killed)], capture_output=True,
-                         text=True, env=env)
+    killed = tmp_path / "killed"  # its first epoch read by 2 loader workers: the worker count changes nothing
+    got = subprocess.run(KILLED_AFTER_EPOCH_1 + TRAIN[3:] + args + ["--out", str(killed), "--num-workers", "2"],
+                         capture_output=True, text=True, env=env)
     assert got.returncode == -9, got.stderr[-2000:]
     assert not (killed / "metrics.json").exists()
     assert load_checkpoint(killed / "checkpoint.pt")["epoch"] == 1

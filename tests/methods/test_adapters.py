@@ -9,7 +9,7 @@ from timm.layers import Mlp
 from medvtab.backbones import load_backbone
 from medvtab.data import load_task
 from medvtab.data.loading import bundled_path
-from medvtab.engine.loop import TrainConfig, as_tensor
+from medvtab.engine.loop import TrainConfig
 from medvtab.engine.run import load_run, train_run
 from medvtab.errors import MedvtabError
 from medvtab.methods import build_model, count_parameters, make_config, parameter_counts, resolve_backbone_specs
@@ -239,5 +239,5 @@ def test_train_run_end_to_end(small_task, tmp_path, batch, name):
     assert model.backbone.spec == ("tiny-medical" if name == "adapter-medical" else "tiny-general")
     test = load_task(str(small_task), seed=0, image_size=28).test
     with torch.no_grad():
-        predictions = model(as_tensor(test)).argmax(1).numpy()
+        predictions = model(torch.from_numpy(test.images).permute(0, 3, 1, 2)).argmax(1).numpy()
     assert float((predictions == test.labels).mean()) == pytest.approx(metrics["accuracy"], abs=1e-6)

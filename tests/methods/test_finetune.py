@@ -70,9 +70,10 @@ def test_linear_cache_gives_the_same_logits_as_recomputing(backbone, images):
     model = build("linear", backbone).eval()
     with torch.no_grad():
         model.head.weight.normal_()
+    images = images.permute(0, 2, 3, 1).numpy()  # a split's (N, H, W, C) array
     features = backbone_features(model, images, batch_size=4, device=torch.device("cpu"))
     labels = np.array([0, 1, 2, 0, 1, 2])
-    cached = evaluate_features(model, features, labels, batch_size=4)
+    cached = evaluate_features(model, features, labels, batch_size=4, device=torch.device("cpu"))
     recomputed = evaluate(model, images, labels, batch_size=4, device=torch.device("cpu"))
     np.testing.assert_allclose(cached.probs, recomputed.probs, rtol=0, atol=1e-6)
 

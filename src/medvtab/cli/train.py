@@ -96,6 +96,8 @@ def train(
                                                                                 "keeping their activations (less "
                                                                                 "memory, about one more forward "
                                                                                 "of compute, same results)."),
+    num_workers: int = typer.Option(0, min=0, help="DataLoader worker processes that read and shift the images "
+                                                   "(0: in the training process); results do not depend on it."),
 ):
     """Train a method on a task and write metrics, config, adapter weights, a log and the splits to --out."""
     # imported here, not at the top: keeps CLI start-up fast
@@ -118,7 +120,7 @@ def train(
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, patience=patience,
                       devices=devices, num_nodes=num_nodes, skip_nonfinite=skip_nonfinite,
                       eval_batch_size=eval_batch_size, auto_batch=auto_batch, compile=compile_,
-                      grad_checkpointing=grad_checkpointing)
+                      grad_checkpointing=grad_checkpointing, num_workers=num_workers)
     signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's SIGTERM stops the run as Ctrl-C does
     try:
         with loss_progress(f"{method} on {Path(task).stem}") as on_step:

@@ -144,7 +144,12 @@ def read_meta(path: Path) -> dict:
     return meta
 
 
-def read_manifest(path: Path) -> list[dict]:
+LOADED_COLUMNS = ("label", "patient_id", "split")
+
+
+def read_manifest(path: Path) -> dict[str, list[str]]:
+    """The columns loading uses (:data:`LOADED_COLUMNS`), each a list of one string per row: a manifest of a
+    large set is not held as a dict per row."""
     file = Path(path) / MANIFEST
     try:
         with open(file, newline="") as f:
@@ -152,14 +157,18 @@ def read_manifest(path: Path) -> list[dict]:
             missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
                 raise MedvtabError(f"{file}: missing column(s) {', '.join(missing)}")
-            return list(reader)
+            columns: dict[str, list[str]] = {c: [] for c in LOADED_COLUMNS}
+            for row in reader:
+                for c in LOADED_COLUMNS:
+                    columns[c].append(row[c])
+            return columns
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise MedvtabError(f"{file}: not a readable CSV ({first_line(err)})") from None
 
 
-def _multilabel_rows(path: Path, rows: list[dict], width: int) -> np.ndarray:
+def _multilabel_rows(path: Path, labels: list[str], width: int) -> np.ndarray:
     try:
-        targets = np.array([[int(v) for v in r["label"].split(";")] for r in rows], dtype=np.int8).reshape(-1, width)
+        targets = np.array([[int(v) for v in label.split(";")] for label in labels], dtype=np.int8).reshape(-1, width)
     except ValueError:
         raise MedvtabError(f"{path / MANIFEST}: multi-label 'label' must be {width} values 1 / 0 / -1 joined by ';' "
                            f"on every row") from None
@@ -173,7 +182,8 @@ def load_prepared(path: Path):
     ``test`` splits (from the manifest's split column) or a ``pool``, plus ``class_names``. Images stay
     memory-mapped (splits are contiguous row ranges, so they are views of the map)."""
     path = Path(path)
-    meta, rows = read_meta(path), read_manifest(path)
+    meta, columns = read_meta(path), read_manifest(path)
+    rows = len(columns["label"])
     npy = path / images_name(int(meta["image_size"]))
     try:
         images = np.load(npy, mmap_mode="r")
@@ -181,25 +191,25 @@ def load_prepared(path: Path):
         raise MedvtabError(f"{npy}: not a readable .npy file ({first_line(err)})") from None
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise MedvtabError(f"{npy}: expected uint8 (N, H, W, 1|3), got {images.dtype} {images.shape}")
-    if len(images) != len(rows):
-        raise MedvtabError(f"{path}: {len(rows)} manifest rows for {len(images)} images")
+    if len(images) != rows:
+        raise MedvtabError(f"{path}: {rows} manifest rows for {len(images)} images")
     multi = meta.get("task_type") == "multi-label"
-    pids = [r["patient_id"] for r in rows]
+    pids = columns["patient_id"]
     patient_ids = np.array(pids, dtype=str) if rows and all(pids) else None
     if multi:
-        targets = _multilabel_rows(path, rows, len(meta["class_names"]))
+        targets = _multilabel_rows(path, columns["label"], len(meta["class_names"]))
 
         def make(sl, pid):
             return multilabel_split(images[sl], targets[sl], pid)
     else:
         try:
-            labels = np.array([int(r["label"]) for r in rows], dtype=np.int64)
+            labels = np.array([int(label) for label in columns["label"]], dtype=np.int64)
         except ValueError:
             raise MedvtabError(f"{path / MANIFEST}: 'label' must be integer class indices") from None
 
         def make(sl, pid):
             return Split(images[sl], labels[sl], pid)
-    splits = [r["split"].strip().lower() for r in rows]
+    splits = [split.strip().lower() for split in columns["split"]]
     parts: dict = {"class_names": [str(c) for c in meta["class_names"]]}
     if not any(splits):
         parts["pool"] = make(slice(None), patient_ids)

@@ -8,6 +8,9 @@ stratifies on the class of a single-label task.
 
 Every image keeps its position in the source *pool* (``Split.index``): the source's splits concatenated in
 the order train, val, test (a pooled file: its rows; an ImageFolder: its files, sorted by class then path).
+
+A prepared task's images stay memory-mapped: a contiguous split is a view of the map, and any other subset
+(carved splits, subsampling, protocols) is an :class:`ImageRows`, so no split is copied into memory.
 """
 from __future__ import annotations
 
@@ -19,9 +22,56 @@ from medvtab.data.images import grey_to_rgb_if_mixed
 from medvtab.errors import MedvtabError
 
 
+class ImageRows:
+    """Rows ``index`` of a memory-mapped ``(N, H, W, C)`` image array, read only when asked for. An integer reads
+    one image (a view of the map), a slice or index array those images (a copy, as the map itself gives);
+    iterating reads one at a time; ``np.asarray`` reads them all."""
+
+    def __init__(self, base: np.memmap, index: np.ndarray):
+        self.base, self.index = base, np.asarray(index, dtype=np.int64)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.index), *self.base.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.base.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.base.ndim
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not isinstance(key, tuple):
+            return self.base[self.index[key]]
+        if not key or key[0] is Ellipsis:
+            return np.asarray(self)[key]
+        rows = self[key[0]]  # the rows first, then the rest of the key within them
+        return rows[key[1:]] if np.ndim(self.index[key[0]]) == 0 else rows[(slice(None), *key[1:])]
+
+    def __iter__(self):
+        return (self.base[i] for i in self.index)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.asarray(self.base[self.index], dtype=dtype)
+
+
+def rows_of(images, index) -> np.ndarray | ImageRows:
+    """``images[index]``, left on disk where ``images`` is memory-mapped (see :class:`ImageRows`)."""
+    if isinstance(images, ImageRows):
+        return ImageRows(images.base, images.index[index])
+    if getattr(images, "filename", None) is not None:  # a np.memmap backed by its file (not a copy of one)
+        return ImageRows(images, np.arange(len(images))[index])
+    return images[index]
+
+
 @dataclass
 class Split:
-    images: np.ndarray
+    images: np.ndarray | ImageRows
     labels: np.ndarray
     patient_ids: np.ndarray | None = None  # one id (str) per image; None where the source has none
     index: np.ndarray | None = None  # each image's position in the source pool; None where untracked
@@ -36,7 +86,7 @@ class Split:
         return self.labels if self.targets is None else self.targets
 
     def subset(self, index: np.ndarray) -> "Split":
-        return Split(self.images[index], self.labels[index],
+        return Split(rows_of(self.images, index), self.labels[index],
                      None if self.patient_ids is None else self.patient_ids[index],
                      None if self.index is None else self.index[index],
                      None if self.targets is None else self.targets[index])

@@ -1,16 +1,20 @@
 """Evaluation: a model's class probabilities, loss and speed on a set of images (or on cached features).
 
-The training loss lives here too, so that training and evaluation measure the same thing.
+Images are a split's ``(N, H, W, C)`` uint8 array (a prepared task's memory map included), streamed a batch at a
+time (:mod:`medvtab.engine.data`). The training loss lives here too, so that training and evaluation measure the
+same thing.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medvtab.engine.data import feature_store, in_order
 from medvtab.engine.precision import autocast
 from medvtab.methods import AdaptedModel
 
@@ -43,17 +47,18 @@ class EvalResult:
 
 
 @torch.inference_mode()
-def evaluate(model: AdaptedModel, images: torch.Tensor, labels: np.ndarray, batch_size: int,
-             device: torch.device, record_stats: bool = False) -> EvalResult:
-    """``labels``: class indices (N,) or multi-label targets (N, L) (then probabilities are per-label sigmoids).
-    The loss is computed once over all logits, so the result does not depend on ``batch_size``."""
+def evaluate(model: AdaptedModel, images: np.ndarray, labels: np.ndarray, batch_size: int,
+             device: torch.device, record_stats: bool = False, num_workers: int = 0) -> EvalResult:
+    """``images``: (N, H, W, C) uint8; ``labels``: class indices (N,) or multi-label targets (N, L) (then
+    probabilities are per-label sigmoids). The loss is computed once over all logits, so the result does not
+    depend on ``batch_size`` (nor on ``num_workers``, the loader's worker processes)."""
     model.eval()
     model.set_record_stats(record_stats)
     if record_stats:
         model.reset_routing_stats()
     logits, times = [], []
-    for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(device, non_blocking=True)
+    for x, _ in in_order(images, batch_size, num_workers, device):
+        x = x.to(device, non_blocking=True)
         t0 = time.perf_counter()
         with autocast(device):
             logits.append(model(x).float())
@@ -69,22 +74,27 @@ def evaluate(model: AdaptedModel, images: torch.Tensor, labels: np.ndarray, batc
 
 
 @torch.inference_mode()
-def backbone_features(model: AdaptedModel, images: torch.Tensor, batch_size: int,
-                      device: torch.device) -> torch.Tensor:
-    """The fixed features of a feature-caching model (no augmentation: they are computed once)."""
+def backbone_features(model: AdaptedModel, images: np.ndarray, batch_size: int, device: torch.device,
+                      num_workers: int = 0, spill_dir: Path | None = None) -> torch.Tensor:
+    """The fixed features of a feature-caching model (no augmentation: they are computed once), on ``device``,
+    or in a memory-mapped file in ``spill_dir`` where large (:func:`~medvtab.engine.data.feature_store`)."""
     model.eval()
-    chunks = []
-    for start in range(0, len(images), batch_size):
+    features, start = None, 0
+    for x, _ in in_order(images, batch_size, num_workers, device):
         with autocast(device):
-            chunks.append(model.features(images[start:start + batch_size].to(device)).float())
-    return torch.cat(chunks)
+            chunk = model.features(x.to(device, non_blocking=True)).float()
+        if features is None:
+            features = feature_store(len(images), tuple(chunk.shape[1:]), device, spill_dir)
+        features[start:start + len(chunk)] = chunk
+        start += len(chunk)
+    return features
 
 
 @torch.inference_mode()
-def evaluate_features(model: AdaptedModel, features: torch.Tensor, labels: np.ndarray,
-                      batch_size: int) -> EvalResult:
+def evaluate_features(model: AdaptedModel, features: torch.Tensor, labels: np.ndarray, batch_size: int,
+                      device: torch.device) -> EvalResult:
     model.eval()
-    logits = torch.cat([model.logits_from_features(features[s:s + batch_size]).float()
+    logits = torch.cat([model.logits_from_features(features[s:s + batch_size].to(device)).float()
                         for s in range(0, len(features), batch_size)])
     y = torch.as_tensor(labels, device=logits.device)
     loss = task_loss(logits, y).item()

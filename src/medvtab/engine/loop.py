@@ -4,7 +4,8 @@
 at a smaller batch size after CUDA out of memory with ``--auto-batch``), a validation pass, early-stopping
 bookkeeping and a checkpoint of the whole :class:`~medvtab.engine.state.TrainState`.
 
-Data sits in memory as uint8 tensors; each backbone resizes and normalises inside the model, on the device.
+Images stream from the split's array (a prepared task's memory map included) a batch at a time, through a
+DataLoader (:mod:`medvtab.engine.data`); each backbone resizes and normalises inside the model, on the device.
 """
 from __future__ import annotations
 
@@ -16,13 +17,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from medvtab.data import Split
 from medvtab.engine.acceleration import (FEATURE_CACHING_NOT_COMPILED, CompiledForward, compile_for_training,
                                          set_grad_checkpointing)
 from medvtab.engine.batches import BatchSizes
+from medvtab.engine.data import EpochBatches, loader, shift_pad
 from medvtab.engine.evaluate import EvalResult, backbone_features, evaluate, evaluate_features, task_loss
 from medvtab.engine.metrics import selection_score
 from medvtab.engine.precision import autocast
@@ -51,28 +52,14 @@ class TrainConfig(BaseModel):
                                              "where compiling fails (the reason is recorded)")
     grad_checkpointing: bool = Field(False, description="recompute the backbone blocks in the backward pass instead "
                                                         "of keeping their activations (less memory, same results)")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes reading and augmenting images (0: "
+                                                  "in the training process); results do not depend on it")
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def as_tensor(split: Split) -> torch.Tensor:
-    """(N, H, W, C) uint8 array -> (N, C, H, W) uint8 tensor."""
-    return torch.from_numpy(split.images).permute(0, 3, 1, 2).contiguous()
-
-
-def random_shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Light augmentation: translate each image by up to 1/8 of its size (reflect padding). No flips:
-    laterality matters in medical images."""
-    b, _, h, w = images.shape
-    pad = max(1, h // 8)
-    padded = F.pad(images.float(), (pad, pad, pad, pad), mode="reflect")
-    dy, dx = torch.randint(0, 2 * pad + 1, (2, b), generator=generator).tolist()
-    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
-    return out.round_().to(torch.uint8)
 
 
 def rank_count(fabric) -> int:
@@ -93,11 +80,12 @@ def _finite_everywhere(loss: torch.Tensor, fabric) -> bool:
 @dataclass
 class TrainingPass:
     """What an epoch's pass over the training set needs besides the :class:`TrainState` it advances.
-    ``wrapped``: the model as Fabric set it up (DDP), else the model; ``features``: a feature-caching model's
-    backbone features of the training images, once computed."""
+    ``wrapped``: the model as Fabric set it up (DDP), else the model; ``images``: the (N, H, W, C) uint8 training
+    images (read a batch at a time); ``features``: a feature-caching model's backbone features of the training
+    images, once computed."""
     model: AdaptedModel
     wrapped: torch.nn.Module
-    images: torch.Tensor
+    images: np.ndarray
     labels: torch.Tensor
     cfg: TrainConfig
     fabric: object = None
@@ -111,19 +99,19 @@ class TrainingPass:
         device, size = state.device, state.batches.train
         self.model.train()
         order = torch.randperm(len(self.labels), generator=state.generator)
+        # shifts are drawn for the whole global batch (the single-process random stream), then each process keeps
+        # its share; cached features are never shifted
+        pad = shift_pad(self.images.shape[1]) if self.cfg.augment and self.features is None else None
+        batches = EpochBatches(order, size, state.steps_per_epoch(), state.generator, pad, rank, world)
+        stream = (((None, torch.tensor(idx)) for idx in batches) if self.features is not None
+                  else loader(self.images, batches, self.cfg.num_workers, device))
         running, seen = 0.0, 0
-        for i in range(state.steps_per_epoch()):
-            idx = order[i * size:(i + 1) * size]
-            # augmentation is drawn for the whole global batch (the single-process random stream), then each
-            # process keeps its share
-            x = (None if self.features is not None else random_shift(self.images[idx], state.generator)
-                 if self.cfg.augment else self.images[idx])
-            if world > 1:
-                idx, x = idx[rank::world], None if x is None else x[rank::world]
+        for i, (x, idx) in enumerate(stream):
             y = self.labels[idx].to(device, non_blocking=True)
             with autocast(device):
                 if self.features is not None:
-                    logits = self.wrapped.logits_from_features(self.features[idx.to(self.features.device)])
+                    logits = self.wrapped.logits_from_features(
+                        self.features[idx.to(self.features.device)].to(device, non_blocking=True))
                 else:
                     logits = self.wrapped(x.to(device, non_blocking=True))
                 loss = task_loss(logits.float(), y)
@@ -235,9 +223,10 @@ def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
     device = fabric.device if fabric is not None else torch.device(cfg.device)
     model.to(device)
     set_grad_checkpointing(model, cfg.grad_checkpointing)
-    train_x, train_y, val_x = as_tensor(train), torch.from_numpy(train.y), as_tensor(val)
+    train_y = torch.from_numpy(train.y)
+    probe = torch.from_numpy(np.array(train.images[:3], dtype=np.uint8)).permute(0, 3, 1, 2).contiguous()
     compiling = time.perf_counter()
-    compiled, compile_record = _compile(model, cfg, train_x[:3], device, fabric, on_note)
+    compiled, compile_record = _compile(model, cfg, probe, device, fabric, on_note)
     compiling = time.perf_counter() - compiling  # counted in the training time
     optimizer, wrapped = adamw(model, cfg), model
     if fabric is not None:
@@ -251,8 +240,9 @@ def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
     if resume is not None:
         state.restore(resume)
     if device.type == "cuda":
-        train_x, train_y = train_x.pin_memory(), train_y.pin_memory()
-    training = TrainingPass(model, wrapped, train_x, train_y, cfg, fabric, on_step, checkpoint)
+        train_y = train_y.pin_memory()
+    training = TrainingPass(model, wrapped, train.images, train_y, cfg, fabric, on_step, checkpoint)
+    spill_dir = checkpoint.parent if checkpoint is not None else None  # large cached features: a file there
     val_features = None
     start = time.perf_counter() - state.elapsed - compiling
     stopped_at = None
@@ -261,12 +251,13 @@ def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
             break
         if model.caches_features and val_features is None:  # the first epoch pays for the features, once
             training.features, val_features = (
-                batches.evaluate(lambda b, x=x: backbone_features(model, x, b, device), len(x), "eval", epoch,
-                                 epoch - 1) for x in (train_x, val_x))
+                batches.evaluate(lambda b, x=x: backbone_features(model, x, b, device, cfg.num_workers, spill_dir),
+                                 len(x), "eval", epoch, epoch - 1) for x in (train.images, val.images))
         running, seen = train_epoch(training, state, epoch)
         scored = batches.evaluate(
-            lambda b: (evaluate_features(model, val_features, val.y, b) if val_features is not None
-                       else evaluate(model, val_x, val.y, b, device)), len(val), "eval", epoch, epoch - 1)
+            lambda b: (evaluate_features(model, val_features, val.y, b, device) if val_features is not None
+                       else evaluate(model, val.images, val.y, b, device, num_workers=cfg.num_workers)),
+            len(val), "eval", epoch, epoch - 1)
         score = _validation_score(val, scored, epoch, checkpoint)
         state.history.append({"epoch": epoch, "train_loss": round(running / seen, 6) if seen else float("nan"),
                               "val_loss": round(scored.loss, 6),

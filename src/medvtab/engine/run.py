@@ -21,7 +21,7 @@ from medvtab.data.leakage import drop_evaluation_duplicates, leakage_warnings
 from medvtab.engine import rundir
 from medvtab.engine.distributed import launch
 from medvtab.engine.evaluate import evaluate
-from medvtab.engine.loop import TrainConfig, as_tensor, fit, rank_count, seed_everything
+from medvtab.engine.loop import TrainConfig, fit, rank_count, seed_everything
 from medvtab.engine.metrics import classification_metrics
 from medvtab.engine.state import load_checkpoint
 from medvtab.engine.tracking import Tracker
@@ -180,8 +180,8 @@ def train_run(task: str, method: str, general_spec: str, medical_spec: str | Non
     batches, epochs_run = result.batches, len(result.history)  # the checkpoint keeps the last epoch until the end
 
     def test_pass(split: Split, record_stats: bool = False):
-        return batches.evaluate(lambda b: evaluate(model, as_tensor(split), split.y, b, device, record_stats),
-                                len(split), "test", None, epochs_run)
+        return batches.evaluate(lambda b: evaluate(model, split.images, split.y, b, device, record_stats,
+                                                   train_cfg.num_workers), len(split), "test", None, epochs_run)
     if test:
         tested = test_pass(data.test, record_stats=True)
         test_metrics = classification_metrics(data.test.y, tested.probs)
@@ -247,7 +247,7 @@ def _epoch_hook(tracker: Tracker | None, on_epoch: Callable[[dict], bool | None]
 
 
 RESUME_INDEPENDENT = ("device", "devices", "num_nodes", "eval_batch_size", "skip_nonfinite", "auto_batch", "compile",
-                      "grad_checkpointing")
+                      "grad_checkpointing", "num_workers")
 
 
 def run_fingerprint(run_config: dict, train_images: int) -> dict:

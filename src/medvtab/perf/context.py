@@ -41,6 +41,7 @@ class PerfConfig:
     moe_experts: tuple[int, ...] = (4, 8, 16)
     moe_rounds: int = 7
     loading_images: int = 4096
+    loading_workers: tuple[int, ...] = (0, 2)          # DataLoader worker counts timed; the first is the headline
     flops_batch: int = 2
     linear_task: str = "pneumoniamnist"
     linear_train_size: int | None = 2000
@@ -63,7 +64,7 @@ class PerfConfig:
         if quick:
             base.update(profile="quick", batch_sizes=(2,), skip_batch_sizes=(4,), train_batch=4, rounds=2,
                         train_rounds=1, warmup=1, small_batch_rounds=2, methods=("linear", "lora", "dynamer"),
-                        moe_batches=(4,), moe_experts=(4, 8), moe_rounds=2, loading_images=64,
+                        moe_batches=(4,), moe_experts=(4, 8), moe_rounds=2, loading_images=64, loading_workers=(0, 1),
                         linear_train_size=64, linear_epochs=2, linear_batch=32, adapter_calls=2, vitb_flops=False,
                         vitb_batch=None)
         elif torch.device(device).type == "cuda":

@@ -97,10 +97,10 @@ def print_tables(result: dict, console: Console | None = None) -> None:
     console.print(t)
 
     ld = result["loading"]
-    console.print(f"5. loading {ld['loading_images_per_s']:,.0f} images/s vs training "
-                  f"{ld['training_images_per_s']:,.0f} "
-                  f"images/s (batch {ld['batch']}): loading/training {ld['loading_over_training']}, "
-                  f"bottleneck: {ld['bottleneck']}")
+    loaded = ", ".join(f"{r['loading_images_per_s']:,.0f} images/s with {r['num_workers']} workers "
+                       f"({r['loading_over_training']}x)" for r in ld["rows"])
+    console.print(f"5. loading (streaming loader): {loaded} vs training {ld['training_images_per_s']:,.0f} images/s "
+                  f"(batch {ld['batch']}); bottleneck: {ld['bottleneck']}")
 
     fl = result["flops"]
     t = Table(title="6. FLOPs per image and achieved rate")

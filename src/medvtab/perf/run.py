@@ -187,5 +187,5 @@ def config_record(ctx: Context, durations: dict) -> dict:
                    "settle": f"below batch {cfg.settle_below} each timed call follows an untimed call of the "
                              f"same case"},
         "clock": ctx.clock, "compile": ctx.compiler.record(), "checkpointing": cfg.checkpointing,
-        "section_seconds": durations,
+        "loading_workers": list(cfg.loading_workers), "section_seconds": durations,
     }
