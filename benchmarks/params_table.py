@@ -6,11 +6,13 @@ counts do not depend on the values), next to the papers' Total Params column.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import timm
 import torch
@@ -28,7 +30,10 @@ def methods_json(general: str, medical: str) -> dict:
     return json.loads(out.stdout)
 
 
-def main() -> None:
+@contextlib.contextmanager
+def random_vitb_pair() -> Iterator[tuple[str, str]]:
+    """Backbone specs of random-weight DINOv2 ViT-B/14 and LVM-Med ViT-B checkpoints in their real file layouts,
+    valid inside the block (parameter counts do not depend on the values)."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         dino = timm.create_model("vit_base_patch14_dinov2", num_classes=0).state_dict()
@@ -36,7 +41,12 @@ def main() -> None:
         sam = timm.create_model("samvit_base_patch16", num_classes=0).state_dict()
         torch.save({k.replace("mlp.fc", "mlp.lin"): v for k, v in sam.items() if not k.startswith("head")},
                    tmp / "lvmmed_vit.pth")
-        vitb = methods_json(f"dinov2-vitb14@{tmp / 'dinov2.safetensors'}", f"lvmmed-vitb@{tmp / 'lvmmed_vit.pth'}")
+        yield f"dinov2-vitb14@{tmp / 'dinov2.safetensors'}", f"lvmmed-vitb@{tmp / 'lvmmed_vit.pth'}"
+
+
+def main() -> None:
+    with random_vitb_pair() as (general, medical):
+        vitb = methods_json(general, medical)
     tiny = methods_json("tiny-general", "tiny-medical")
     print("| method | family | trainable (tiny pair) | Total Params (tiny) | trainable (DINOv2-B + LVM-Med) "
           "| Total Params (ViT-B) | paper |")

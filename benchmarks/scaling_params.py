@@ -7,12 +7,9 @@ both pairs, 2-class heads. tests/bench/test_scaling_suite.py pins the same count
 """
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-import timm
-import torch
-from safetensors.torch import save_file
+from params_table import random_vitb_pair  # this folder's sibling benchmark
 
 from medvtab.backbones import load_backbone
 from medvtab.bench.grid import expand_grid, load_grid_file
@@ -53,14 +50,8 @@ def main() -> None:
         load_grid_file(VITB_GRID)))
     both = {m: sorted(set(tiny_points[m]) | set(vitb_points[m])) for m in tiny_points}
     tiny = ratios("tiny-general", "tiny-medical", both)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        dino = timm.create_model("vit_base_patch14_dinov2", num_classes=0).state_dict()
-        save_file({k: v.contiguous() for k, v in dino.items()}, tmp / "dinov2.safetensors")
-        sam = timm.create_model("samvit_base_patch16", num_classes=0).state_dict()
-        torch.save({k.replace("mlp.fc", "mlp.lin"): v for k, v in sam.items() if not k.startswith("head")},
-                   tmp / "lvmmed_vit.pth")
-        vitb = ratios(f"dinov2-vitb14@{tmp / 'dinov2.safetensors'}", f"lvmmed-vitb@{tmp / 'lvmmed_vit.pth'}", both)
+    with random_vitb_pair() as (general, medical):
+        vitb = ratios(general, medical, both)
     print("| family | size | in | trainable (tiny pair) | Total Params (tiny) | trainable (ViT-B pair) "
           "| Total Params (ViT-B) |")
     print("|---|---|---|---|---|---|---|")
