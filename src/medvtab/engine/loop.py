@@ -23,7 +23,7 @@ from medvtab.data import Split
 from medvtab.engine.acceleration import (FEATURE_CACHING_NOT_COMPILED, CompiledForward, compile_for_training,
                                          set_grad_checkpointing)
 from medvtab.engine.batches import BatchSizes
-from medvtab.engine.data import EpochBatches, loader, shift_pad
+from medvtab.engine.data import EpochBatches, in_order, loader, shift_pad
 from medvtab.engine.evaluate import EvalResult, backbone_features, evaluate, evaluate_features, task_loss
 from medvtab.engine.metrics import selection_score
 from medvtab.engine.precision import autocast
@@ -224,7 +224,7 @@ def fit(model: AdaptedModel, train: Split, val: Split, cfg: TrainConfig,
     model.to(device)
     set_grad_checkpointing(model, cfg.grad_checkpointing)
     train_y = torch.from_numpy(train.y)
-    probe = torch.from_numpy(np.array(train.images[:3], dtype=np.uint8)).permute(0, 3, 1, 2).contiguous()
+    probe, _ = next(iter(in_order(train.images[:3], 3, 0, torch.device("cpu"))))  # what a training batch looks like
     compiling = time.perf_counter()
     compiled, compile_record = _compile(model, cfg, probe, device, fabric, on_note)
     compiling = time.perf_counter() - compiling  # counted in the training time
