@@ -90,7 +90,7 @@ def test_the_file_loads_strictly_and_differs_from_random_init(pretrained, pbc_su
     info = backbone.info
     assert not info.random_init and info.pretrained_on == ("pbc",) and info.grid == (7, 7)
     with np.load(pbc_subset) as npz:
-        images = to_input(npz["test_images"][:32])
+        images = to_input(npz["test_images"][:32], 28)
     mine, random = features(backbone, images), features(random_init_backbone("tiny-medical"), images)
     assert mine.shape == random.shape == (32, 96)
     assert not np.allclose(mine, random, atol=1e-3)
@@ -154,10 +154,10 @@ def test_duplicates_of_train_images_are_dropped_from_test():
 def test_inputs_are_area_resized_and_augmentation_keeps_shapes():
     x = np.zeros((2, 32, 32, 3), np.uint8)
     x[:, :16] = 200  # top half bright: the area filter averages the boundary row
-    t = to_input(x)
+    t = to_input(x, 28)
     assert t.shape == (2, 3, 28, 28) and t.dtype == torch.uint8
     assert t[0, 0, 0, 0] == 200 and t[0, 0, -1, 0] == 0 and 0 < t[0, 0, 13, 0] <= 200
-    grey = to_input(np.zeros((3, 28, 28, 1), np.uint8))
+    grey = to_input(np.zeros((3, 28, 28, 1), np.uint8), 28)
     assert grey.shape == (3, 3, 28, 28)
     g = torch.Generator().manual_seed(0)
     batch = torch.randn(16, 3, 28, 28)
@@ -198,3 +198,37 @@ def test_batch_mixer_mixes_soft_targets_and_is_none_when_off():
         mixed, target = batch_mixer(4, mixup, cutmix)(x, y)
         assert mixed.shape == x.shape and target.shape == (8, 4)
         assert torch.allclose(target.sum(1), torch.ones(8))
+
+
+def test_without_flips_augmentation_only_shifts():
+    """--no-flip (radiology, where left and right matter): every output is a shifted crop, never mirrored, up to
+    7 px at 64 px."""
+    g = torch.Generator().manual_seed(0)
+    ramp = torch.arange(64.0).expand(16, 3, 64, 64).clone()  # increases left to right
+    out = augment(ramp, g, hflip=False)
+    steps = out[:, 0, 32, 1:] - out[:, 0, 32, :-1]
+    assert (steps[:, 10:-10] == 1).all()  # no mirrored image runs right to left
+    assert (out[:, 0, 32, 32] - 32).abs().max() <= 7
+    flipped = augment(ramp, torch.Generator().manual_seed(0))
+    assert ((flipped[:, 0, 32, 40] - flipped[:, 0, 32, 20]) < 0).any()  # with flips some do
+
+
+def test_a_radiology_expert_records_its_sources_and_no_flips(run_medvtab, pbc_subset, tmp_path):
+    """tiny-radiology (64 px, 8 px patches) from a pooled file that names each image's source set: the sources go
+    into the metadata the leakage guard reads and into the card; --no-flip into the card and its command."""
+    with np.load(pbc_subset) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["train_source"] = np.array(["kermany-cxr", "slake"] * 160)
+    data = tmp_path / "radiology_64.npz"
+    np.savez(data, **arrays)
+    out = tmp_path / "radiology.safetensors"
+    code, _, err = run_medvtab("pretrain", "--data", data, "--out", out, "--variant", "tiny-radiology",
+                               "--epochs", "1", "--batch-size", "64", "--no-flip")
+    assert code == 0, err
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["architecture"]["img_size"] == 64 and card["architecture"]["patch_size"] == 8
+    assert card["data"]["sources"] == ["kermany-cxr", "slake"] and card["hflip"] is False
+    assert card["command"].endswith("--no-flip") and "no flips" in card["objective"]
+    assert "random shifts up to 7 px" in card["objective"]
+    backbone = load_backbone(f"tiny-radiology@{out}")
+    assert backbone.info.pretrained_on == ("kermany-cxr", "slake") and backbone.info.num_tokens == 65

@@ -206,3 +206,18 @@ def test_the_mlp_fusion_maps_every_vision_token(hf_bloom, rad_items, features):
     assert out.logits.shape[1] == feats.shape[1] + ids.shape[1] and torch.isfinite(out.loss)
     with pytest.raises(MedvtabError, match="unknown fusion 'linear'"):
         VQAModel(lm, 96, fusion="linear")
+
+
+def test_token_pooling_averages_the_patch_grid_and_keeps_cls(rad_items):
+    """tiny-radiology's 8x8 grid pooled 2x2: CLS as it was, each of the 16 tokens the mean of its four patches;
+    tiny-general's 7x7 grid pooled 2x2 has a ragged last row and column (4x4 tokens)."""
+    images = vqa_data.load_images([i.image for i in rad_items], 64)
+    full, pooled = load_vision("tiny-radiology").encode(images), load_vision("tiny-radiology", pool=2).encode(images)
+    assert full.shape == (2, 65, 96) and pooled.shape == (2, 17, 96)
+    assert torch.equal(pooled[:, 0], full[:, 0])
+    grid = full[:, 1:].reshape(2, 8, 8, 96)
+    assert torch.allclose(pooled[:, 1], grid[:, :2, :2].mean((1, 2)), atol=1e-6)
+    assert torch.allclose(pooled[:, -1], grid[:, 6:, 6:].mean((1, 2)), atol=1e-6)
+    ragged = load_vision("tiny-general", pool=2)
+    assert ragged.pooled_grid == (4, 4) and ragged.num_tokens == 17
+    assert ragged.encode(vqa_data.load_images([i.image for i in rad_items], 28)).shape == (2, 17, 96)

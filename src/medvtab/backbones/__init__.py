@@ -1,7 +1,7 @@
 """Backbones by spec string, the same on the command line and in Python.
 
 ``timm:NAME[@FILE]``, ``dinov2-vit{s,b,l}14@FILE``, ``lvmmed-vitb@FILE``, ``biomedclip-vitb16@FILE``,
-``tiny-general[@FILE]``, ``tiny-medical[@FILE]`` (bundled pre-trained weights, or a ``medvtab pretrain`` file),
+``tiny-general[@FILE]``, ``tiny-medical[@FILE]``, ``tiny-radiology[@FILE]`` (bundled pre-trained weights, or a ``medvtab pretrain`` file),
 ``random:NAME`` (a real layout from random weights: :mod:`medvtab.backbones.random_init`).
 """
 from __future__ import annotations
@@ -18,11 +18,12 @@ _REGISTRY = {
     "biomedclip-vitb16": (biomedclip.build, True),
     "tiny-general": (tiny.build, None),
     "tiny-medical": (tiny.build, None),
+    "tiny-radiology": (tiny.build, None),
 }
 
 
 def list_backbones() -> list[str]:
-    return (sorted(_REGISTRY) + ["tiny-general@FILE", "tiny-medical@FILE", "timm:NAME", "timm:NAME@FILE"]
+    return (sorted(_REGISTRY) + [f"{v}@FILE" for v in tiny.VARIANTS] + ["timm:NAME", "timm:NAME@FILE"]
             + [f"random:{name}" for name in random_init.LAYOUTS])
 
 

@@ -1,10 +1,13 @@
-"""``tiny-general`` and ``tiny-medical``: small ViTs (28 px, 4 px patches, a 7x7 grid, width 96, 4 blocks) for laptops and tests.
+"""``tiny-general``, ``tiny-medical`` and ``tiny-radiology``: small ViTs (width 96, 4 blocks) for laptops and tests.
 
-Both share one architecture, so they always align, and both ship pre-trained with the package
-(``assets/experts/*.safetensors``, made by ``medvtab pretrain``; ``assets/experts/MODEL_CARD.md`` says how):
-``tiny-general`` on CIFAR-10 (general-domain photographs), ``tiny-medical`` on PBC blood-cell microscopy.
-``tiny-general@FILE`` / ``tiny-medical@FILE`` load a file written by ``medvtab pretrain`` instead, strictly; the
-data set it was pre-trained on is read from the file's metadata (for the leakage guard).
+``tiny-general`` and ``tiny-medical`` share one architecture (28 px, 4 px patches, a 7x7 grid), so they always
+align; ``tiny-radiology`` sees 64 px images in 8 px patches (an 8x8 grid), where organs and modalities are
+visible, for the MedVQA vision side. All three ship pre-trained with the package (``assets/experts/*.safetensors``,
+made by ``medvtab pretrain``; ``assets/experts/MODEL_CARD.md`` says how): ``tiny-general`` on CIFAR-10
+(general-domain photographs), ``tiny-medical`` on PBC blood-cell microscopy, ``tiny-radiology`` on Kermany chest
+X-rays and the SLAKE and VQA-RAD training images (:mod:`medvtab.vqa.radiology`). ``VARIANT@FILE`` loads a file
+written by ``medvtab pretrain`` instead, strictly; the data set it was pre-trained on is read from the file's
+metadata (for the leakage guard).
 
 Overrides for tests: ``img_size`` resamples the position table to the new grid; ``depth`` keeps the first
 ``depth`` blocks of the bundled weights (a file given with ``@FILE`` must hold exactly that many blocks).
@@ -24,10 +27,13 @@ from medvtab.backbones.checkpoint import load_strict, read_state_dict
 from medvtab.backbones.vit import ViTBackbone
 
 ARCH = dict(img_size=28, patch_size=4, embed_dim=96, depth=4, num_heads=3, mlp_ratio=4.0, num_classes=0)
-SEEDS = {"tiny-general": 1, "tiny-medical": 2}  # the random-init twins
+ARCHS = {"tiny-general": ARCH, "tiny-medical": ARCH, "tiny-radiology": dict(ARCH, img_size=64, patch_size=8)}
+SEEDS = {"tiny-general": 1, "tiny-medical": 2, "tiny-radiology": 3}  # the random-init twins
 MEAN = STD = (0.5, 0.5, 0.5)
-# What the bundled weights were pre-trained on; names are task names where the registry has them.
-PRETRAINED_ON = {"tiny-general": ("cifar10",), "tiny-medical": ("pbc",)}
+# What the bundled weights were pre-trained on; names are task names where the registry has them (kermany-cxr
+# shares its source images with pneumoniamnist, which the leakage guard knows).
+PRETRAINED_ON = {"tiny-general": ("cifar10",), "tiny-medical": ("pbc",),
+                 "tiny-radiology": ("kermany-cxr", "slake", "vqa-rad")}
 VARIANTS = tuple(SEEDS)
 META_PRETRAINED_ON = "medvtab.pretrained_on"  # safetensors metadata key written by `medvtab pretrain`
 
@@ -38,7 +44,7 @@ def bundled_weights(variant: str) -> Path:
 
 def new_model(variant: str, *, img_size: int | None = None, depth: int | None = None) -> VisionTransformer:
     """The architecture, initialised from the variant's fixed seed (without touching the global RNG)."""
-    arch = dict(ARCH, **({"depth": depth} if depth else {}), **({"img_size": img_size} if img_size else {}))
+    arch = dict(ARCHS[variant], **({"depth": depth} if depth else {}), **({"img_size": img_size} if img_size else {}))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEEDS[variant])
         return VisionTransformer(**arch)

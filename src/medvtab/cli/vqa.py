@@ -54,6 +54,8 @@ def train(
     lr: float = typer.Option(2e-3, min=0.0),
     img_size: Optional[int] = typer.Option(None, min=8, help="Resample the backbone's position table to this "
                                                              "input size (tiny backbones: 28 px)."),
+    token_pool: Optional[int] = typer.Option(None, min=1, help="Average the vision patch grid over KxK cells before "
+                                                               "the fusion (fewer, coarser tokens; default 1)."),
     fusion: Optional[str] = typer.Option(None, help="mlp (default: every vision token through a two-layer MLP) "
                                                     "or qformer (the paper's Q-Former)."),
     num_queries: Optional[int] = typer.Option(None, min=1, help="Q-Former queries (default 32)."),
@@ -82,7 +84,8 @@ def train(
     # imported here, not at the top: keeps CLI start-up fast
     from medvtab.vqa.train import StageOptions, load_stage_items, texts_of, train_stage
 
-    model_opts = {"vision": vision, "lm": lm, "img_size": img_size, "fusion": fusion, "num_queries": num_queries,
+    model_opts = {"vision": vision, "lm": lm, "img_size": img_size, "token_pool": token_pool, "fusion": fusion,
+                  "num_queries": num_queries,
                   "qformer_dropout": qformer_dropout, "lora_r": lora_r,
                   "lora_targets": None if lora_targets is None else [t.strip() for t in lora_targets.split(",")]}
     given = {k for k, v in model_opts.items() if v is not None}
@@ -159,3 +162,20 @@ def pipeline(
     summary = run_pipeline(cfg, out, on_note=note)
     if summary is not None:  # None: another process of a multi-process run
         print(report(summary))
+
+
+@app.command("radiology-data")
+def radiology_data(
+    out: Path = typer.Option(..., help="New .npz for `medvtab pretrain --variant tiny-radiology`."),
+    data_root: Optional[Path] = typer.Option(None, help="MedVQA data root (VQA-RAD and SLAKE)."),
+    kermany: Optional[Path] = typer.Option(None, help="kermany_cxr_64.npz (default: under the medvtab data root)."),
+    kermany_images: int = typer.Option(2000, min=0, help="At most this many Kermany X-rays (whole patients)."),
+    seed: int = typer.Option(0),
+):
+    """Build tiny-radiology's pre-training set: Kermany chest X-rays, SLAKE training images and VQA-RAD images of no
+    test question, at 64 px; never a VQA-RAD or SLAKE test image, never MedPix. Prints the counts."""
+    # imported here, not at the top: keeps CLI start-up fast
+    from medvtab.vqa.radiology import build_radiology_set
+
+    print(json.dumps(build_radiology_set(out, root=data_root, kermany=kermany, kermany_images=kermany_images,
+                                         seed=seed), indent=2))

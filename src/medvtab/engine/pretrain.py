@@ -1,7 +1,8 @@
 """Pre-training the tiny experts (``medvtab pretrain``): one small, readable loop.
 
 Objective: supervised classification (cross-entropy with label smoothing 0.1) on the data set's own labels,
-with light augmentation (random shifts of up to 3 px with reflect padding, horizontal flips), AdamW
+with light augmentation (random shifts of up to 1/9 of the side with reflect padding, horizontal flips unless
+``--no-flip``: left and right matter in radiology), AdamW
 (weight decay on matrices only), linear warm-up then cosine decay to zero, gradient clipping at 1.
 Opt-in regularisers for small data sets (off by default, so earlier cards' commands reproduce): MixUp and
 CutMix (torchvision.transforms.v2; one of the two per batch when both are on, as DeiT does) and stochastic
@@ -48,13 +49,12 @@ from medvtab.data.splits import stratified_split
 from medvtab.engine.schedule import warmup_cosine, warmup_steps
 from medvtab.errors import MedvtabError
 
-SIZE = tiny.ARCH["img_size"]
-SHIFT = 3  # px, about 1/8 of 28
+SHIFT_FRACTION = 1 / 9  # of the side: 3 px at 28 px, 7 px at 64 px
 LABEL_SMOOTHING = 0.1
 WEIGHT_DECAY = 0.05
 WARMUP_FRACTION = 0.05
 OBJECTIVE = ("supervised classification: cross-entropy (label smoothing 0.1) on the data set's own labels, "
-             "random shifts up to 3 px (reflect padding) and horizontal flips, AdamW (weight decay 0.05 on "
+             "random shifts up to {shift} px (reflect padding){flips}, AdamW (weight decay 0.05 on "
              "matrices), 5 % linear warm-up then cosine decay to zero, gradient clipping at 1.0")
 WHY = ("supervised training on the data set's labels is what fits in about an hour per expert on one CPU core "
        "and gives features that a linear probe separates far better than random weights; self-supervised "
@@ -66,6 +66,13 @@ KNOWN_SOURCES = {
                 "citation": "Krizhevsky, Learning Multiple Layers of Features from Tiny Images, tech. report, "
                             "University of Toronto, 2009",
                 "download": "https://www.cs.toronto.edu/~kriz/cifar.html"},
+    "radiology": {"title": "radiology for MedVQA: Kermany paediatric chest X-rays, SLAKE training images and VQA-RAD "
+                           "images of no test question, 64 px (built by `medvtab vqa radiology-data`)",
+                  "licence": "CC BY 4.0 (Kermany, SLAKE), CC0 1.0 (VQA-RAD)",
+                  "citation": "Kermany et al., Cell 2018; Liu et al., SLAKE, ISBI 2021; Lau et al., VQA-RAD, "
+                              "Scientific Data 2018",
+                  "download": "https://data.mendeley.com/datasets/rscbjbr9sj, https://www.med-vqa.com/slake, "
+                              "https://osf.io/89kps"},
 }
 
 
@@ -95,7 +102,14 @@ def load_npz(path: Path, seed: int) -> dict:
     if len(np.unique(train[1])) < 2:
         raise MedvtabError(f"{path}: 'train_labels' has fewer than two classes")
     return {"train": train, "test": test, "num_classes": num_classes, "class_names": parts.get("class_names"),
-            "notes": notes}
+            "notes": notes, "sources": sources_of(path)}
+
+
+def sources_of(path: Path) -> list[str]:
+    """The distinct source sets a pooled file names per training image (``train_source``, as
+    ``medvtab vqa radiology-data`` writes it); empty when it names none."""
+    with np.load(path, allow_pickle=False) as z:
+        return sorted({str(s) for s in z["train_source"]}) if "train_source" in z.files else []
 
 
 def drop_train_duplicates(test: tuple, train_images: np.ndarray) -> tuple[tuple, int]:
@@ -106,13 +120,21 @@ def drop_train_duplicates(test: tuple, train_images: np.ndarray) -> tuple[tuple,
     return (test[0][keep], test[1][keep]), int((~keep).sum())
 
 
-def to_input(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> uint8 (N, 3, 28, 28): grey to RGB, area filter when shrinking."""
+def input_size(variant: str) -> int:
+    return tiny.ARCHS[variant]["img_size"]
+
+
+def shift_px(size: int) -> int:
+    return max(1, round(size * SHIFT_FRACTION))
+
+
+def to_input(images: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> uint8 (N, 3, size, size): grey to RGB, area filter when shrinking."""
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
     x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-    if x.shape[-2:] != (SIZE, SIZE):
-        shrink = x.shape[-1] > SIZE
-        x = F.interpolate(x.float(), size=(SIZE, SIZE), mode="area" if shrink else "bilinear",
+    if x.shape[-2:] != (size, size):
+        shrink = x.shape[-1] > size
+        x = F.interpolate(x.float(), size=(size, size), mode="area" if shrink else "bilinear",
                           **({} if shrink else {"align_corners": False}))
         x = x.round_().clamp_(0, 255).to(torch.uint8)
     return x.contiguous()
@@ -123,13 +145,17 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
     return x.float().div(255).sub(tiny.MEAN[0]).div(tiny.STD[0])
 
 
-def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Random shifts of up to SHIFT px (reflect padding) and horizontal flips, per image, vectorised."""
+def augment(x: torch.Tensor, g: torch.Generator, hflip: bool = True) -> torch.Tensor:
+    """Random shifts of up to :func:`shift_px` (reflect padding) and horizontal flips (``hflip``), per image,
+    vectorised."""
     b, _, h, w = x.shape
-    padded = F.pad(x, (SHIFT,) * 4, mode="reflect")
-    dy, dx = torch.randint(0, 2 * SHIFT + 1, (2, b, 1), generator=g)
+    shift = shift_px(w)
+    padded = F.pad(x, (shift,) * 4, mode="reflect")
+    dy, dx = torch.randint(0, 2 * shift + 1, (2, b, 1), generator=g)
     rows, cols = dy + torch.arange(h), dx + torch.arange(w)  # (B, H), (B, W)
     out = padded[torch.arange(b)[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    if not hflip:
+        return out
     flip = torch.rand(b, generator=g) < 0.5
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
@@ -145,9 +171,10 @@ def batch_mixer(num_classes: int, mixup: float, cutmix: float):
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int, seed: int,
                      batch_size: int, lr: float, mixup: float = 0.0, cutmix: float = 0.0, drop_path: float = 0.0,
-                     on_step=None, on_note=None) -> tuple[VisionTransformer, list]:
+                     hflip: bool = True, variant: str = "tiny-general", on_step=None,
+                     on_note=None) -> tuple[VisionTransformer, list]:
     torch.manual_seed(seed)
-    model = VisionTransformer(**dict(tiny.ARCH, num_classes=num_classes, drop_path_rate=drop_path))
+    model = VisionTransformer(**dict(tiny.ARCHS[variant], num_classes=num_classes, drop_path_rate=drop_path))
     mix = batch_mixer(num_classes, mixup, cutmix)
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
@@ -165,7 +192,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
         order = torch.randperm(n, generator=g)
         for i in range(0, n, batch_size):
             idx = order[i:i + batch_size]
-            x, y = augment(normalise(images[idx]), g), labels[idx]
+            x, y = augment(normalise(images[idx]), g, hflip), labels[idx]
             x, target = mix(x, y) if mix else (x, y)
             for group in opt.param_groups:
                 group["lr"] = warmup_cosine(step, total, warmup, lr)
@@ -199,7 +226,8 @@ def trunk_state(model: VisionTransformer) -> dict[str, torch.Tensor]:
 
 def random_init_backbone(variant: str) -> ViTBackbone:
     """The seeded random-init network of the same shape (what the tiny backbones were before weights shipped)."""
-    return ViTBackbone(tiny.new_model(variant), spec=f"{variant} (random init)", input_size=SIZE, mean=tiny.MEAN,
+    return ViTBackbone(tiny.new_model(variant), spec=f"{variant} (random init)", input_size=input_size(variant),
+                       mean=tiny.MEAN,
                        std=tiny.STD, random_init=True)
 
 
@@ -256,8 +284,8 @@ def sha256(path: Path) -> str:
 
 
 def pretrain(data: Path, out: Path, variant: str, *, epochs: int = 5, seed: int = 0, batch_size: int = 128,
-             lr: float = 1e-3, mixup: float = 0.0, cutmix: float = 0.0, drop_path: float = 0.0, on_step=None,
-             on_note=None) -> dict:
+             lr: float = 1e-3, mixup: float = 0.0, cutmix: float = 0.0, drop_path: float = 0.0, hflip: bool = True,
+             on_step=None, on_note=None) -> dict:
     """Pre-train a tiny expert on ``data``, write ``out`` (.safetensors) and its card; return the card."""
     data, out = Path(data), Path(out)
     if variant not in tiny.VARIANTS:
@@ -277,16 +305,20 @@ def pretrain(data: Path, out: Path, variant: str, *, epochs: int = 5, seed: int 
                                     f"probe's test split"] if dropped else []):
         if on_note:
             on_note(f"note: {note}")
-    train_x, train_y = to_input(arrays["train"][0]), arrays["train"][1]
-    test_x, test_y = to_input(test[0]), test[1]
+    size = input_size(variant)
+    train_x, train_y = to_input(arrays["train"][0], size), arrays["train"][1]
+    test_x, test_y = to_input(test[0], size), test[1]
 
     t0 = time.perf_counter()
     model, log = train_classifier(train_x, torch.from_numpy(train_y), arrays["num_classes"], epochs=epochs,
                                   seed=seed, batch_size=batch_size, lr=lr, mixup=mixup, cutmix=cutmix,
-                                  drop_path=drop_path, on_step=on_step, on_note=on_note)
+                                  drop_path=drop_path, hflip=hflip, variant=variant, on_step=on_step,
+                                  on_note=on_note)
     train_seconds = time.perf_counter() - t0
 
-    metadata = {"format": "pt", "medvtab.variant": variant, tiny.META_PRETRAINED_ON: name,
+    # what the leakage guard reads: the file's source sets where it names them (kermany-cxr is a task), else its name
+    metadata = {"format": "pt", "medvtab.variant": variant,
+                tiny.META_PRETRAINED_ON: ",".join(arrays["sources"]) or name,
                 "medvtab.data_sha256": sha256(data), "medvtab.epochs": str(epochs), "medvtab.seed": str(seed)}
     state = trunk_state(model)
     atomic_write(out, lambda tmp: save_file(state, tmp, metadata=metadata))
@@ -307,19 +339,23 @@ def pretrain(data: Path, out: Path, variant: str, *, epochs: int = 5, seed: int 
     card = {
         "variant": variant, "file": out.name, "file_sha256": sha256(out),
         "params": sum(v.numel() for v in state.values()),
-        "architecture": {k: v for k, v in tiny.ARCH.items() if k != "num_classes"},
+        "architecture": {k: v for k, v in tiny.ARCHS[variant].items() if k != "num_classes"},
         "data": {"name": name, "path": str(data), "sha256": sha256(data), **source_info(name),
+                 **({"sources": arrays["sources"]} if arrays["sources"] else {}),
                  "num_classes": arrays["num_classes"], "class_names": arrays["class_names"],
                  "train_images": len(train_y), "test_images": len(arrays["test"][1]),
                  "test_duplicates_of_train_dropped": dropped, "notes": arrays["notes"],
-                 "preprocessing": f"resized to {SIZE} px with an area filter where larger, grey to RGB; "
+                 "preprocessing": f"resized to {size} px with an area filter where larger, grey to RGB; "
                                   f"normalised (x / 255 - 0.5) / 0.5"},
-        "objective": OBJECTIVE + regularisers, "why": WHY,
+        "objective": OBJECTIVE.format(shift=shift_px(size), flips=" and horizontal flips" if hflip else ", no flips")
+                     + regularisers, "why": WHY,
         "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr, "weight_decay": WEIGHT_DECAY,
         "label_smoothing": LABEL_SMOOTHING, **{k: v for k, v in extra.items() if v},
+        **({} if hflip else {"hflip": False}),
         "command": (f"medvtab pretrain --data {data} --out {out} --variant {variant} --epochs {epochs} "
                     f"--seed {seed} --batch-size {batch_size} --lr {lr:g}"
-                    + "".join(f" --{k.replace('_', '-')} {v:g}" for k, v in extra.items() if v)),
+                    + "".join(f" --{k.replace('_', '-')} {v:g}" for k, v in extra.items() if v)
+                    + ("" if hflip else " --no-flip")),
         "log": log, "train_seconds": round(train_seconds, 1), "probe_seconds": round(probe_seconds, 1),
         "total_seconds": round(time.perf_counter() - started, 1), "machine": machine(),
         "linear_probe": {
@@ -346,7 +382,7 @@ def card_markdown(card: dict) -> str:
         f"## `{card['variant']}`: `{card['file']}`",
         "",
         f"- **Data**: {d['title']} (`{d['path']}`, sha256 `{d['sha256'][:16]}...`), {d['num_classes']} classes, "
-        f"{d['train_images']} training images; resized to 28 px with an area filter where larger. "
+        f"{d['train_images']} training images; {d['preprocessing'].split(';')[0]}. "
         f"Licence: {d['licence']}. Cite: {d['citation']}. Source: {d['download']}.",
         f"- **Objective**: {card['objective']}.",
         f"- **Why**: {card['why']}.",
@@ -354,7 +390,7 @@ def card_markdown(card: dict) -> str:
         f"lr {card['lr']:g}, weight decay {card['weight_decay']}; training loss per epoch: {log}.",
         f"- **Weights**: timm `VisionTransformer` state dict without the classification head "
         f"({card['params']:,} parameters, fp32), sha256 `{card['file_sha256'][:16]}...`; metadata "
-        f"`medvtab.pretrained_on = {d['name']}`.",
+        f"`medvtab.pretrained_on = {','.join(d.get('sources') or [d['name']])}`.",
         f"- **Reproduce**: `{card['command']}` (pretrain never overwrites: give a new `--out`).",
         f"- **Time**: {card['train_seconds']:.0f} s training, {card['probe_seconds']:.0f} s linear probe, "
         f"{card['total_seconds']:.0f} s in all, on {card['machine']}.",

@@ -50,10 +50,10 @@ _FOLDERS = {"vqa-rad": "vqa_rad", "slake": "slake", "pmc-vqa": "pmc_vqa", "medpi
 _SPLITS = {"vqa-rad": ("train", "test"), "slake": ("train", "val", "test"), "pmc-vqa": ("train", "test"),
            "medpix": ("train", "dev", "test"), "pmc-oa": ("train", "val", "test")}
 _SPLIT_ALIASES = {"slake": {"validate": "val"}, "medpix": {"val": "dev"}, "pmc-oa": {"valid": "val"}}
-_RAD_FILE = "VQA_RAD Dataset Public.json"
+RAD_FILE = "VQA_RAD Dataset Public.json"
 _RAD_PHRASES = {"freeform": "train", "para": "train", "test_freeform": "test", "test_para": "test"}
 _RAD_TYPE_TYPOS = {"ATRIB": "ATTRIB", "PRSE": "PRES"}  # one row each in the public VQA-RAD file
-_SLAKE_FILES = {"train": "train.json", "val": "validate.json", "test": "test.json"}
+SLAKE_FILES = {"train": "train.json", "val": "validate.json", "test": "test.json"}
 _PMC_VQA_IMAGES = ("images", "figures")
 _PMC_OA_IMAGES = ("images", "caption_T060_filtered_top4_sep_v0_subfigures")
 _CHOICE_PREFIX = re.compile(r"^\s*[A-D]\s*:\s*")
@@ -102,9 +102,9 @@ def set_key(name: str) -> str:
 
 def _detect(folder: Path) -> str | None:
     """Which published format ``folder`` holds, judged by the files present."""
-    if (folder / _RAD_FILE).is_file():
+    if (folder / RAD_FILE).is_file():
         return "vqa-rad"
-    if (folder / "imgs").is_dir() and any((folder / f).is_file() for f in _SLAKE_FILES.values()):
+    if (folder / "imgs").is_dir() and any((folder / f).is_file() for f in SLAKE_FILES.values()):
         return "slake"
     if any((folder / f"{s}{v}.csv").is_file() for s in ("train", "test") for v in ("", "_2")):
         return "pmc-vqa"
@@ -130,7 +130,7 @@ def _locate(name_or_path: str | Path, kinds: tuple[str, ...], root: str | Path |
     kind = _detect(folder)
     if kind not in kinds:
         raise MedvtabError(f"{folder}: not a {' / '.join(kinds)} folder (expected the files of one of those "
-                           f"formats, e.g. '{_RAD_FILE}', train.json with imgs/, train.csv, train.jsonl)")
+                           f"formats, e.g. '{RAD_FILE}', train.json with imgs/, train.csv, train.jsonl)")
     return kind, folder.resolve()
 
 
@@ -210,6 +210,11 @@ def _records(data: Any, path: Path) -> list[dict]:
     return data
 
 
+def read_records(path: Path) -> list[dict]:
+    """A JSON file that holds a list of objects (VQA-RAD's and SLAKE's question files), read and checked."""
+    return _records(_read_json(path), path)
+
+
 def _field(row: dict, key: str, path: Path, where: str) -> Any:
     if key not in row or row[key] is None:
         raise MedvtabError(f"{path}: {where} has no '{key}' field")
@@ -234,10 +239,10 @@ def _rad_question_type(value: Any) -> str:
 
 
 def _load_vqa_rad(folder: Path, split: str) -> list[VQAItem]:
-    path = folder / _RAD_FILE
+    path = folder / RAD_FILE
     images = folder / "images"
     items = []
-    for i, row in enumerate(_records(_read_json(path), path)):
+    for i, row in enumerate(read_records(path)):
         where = f"entry {i}"
         phrase = str(_field(row, "phrase_type", path, where))
         if phrase not in _RAD_PHRASES:
@@ -257,10 +262,10 @@ def _load_vqa_rad(folder: Path, split: str) -> list[VQAItem]:
 
 
 def _load_slake(folder: Path, split: str, lang: str) -> list[VQAItem]:
-    path = folder / _SLAKE_FILES[split]
+    path = folder / SLAKE_FILES[split]
     images = folder / "imgs"
     items = []
-    for i, row in enumerate(_records(_read_json(path), path)):
+    for i, row in enumerate(read_records(path)):
         where = f"entry {i}"
         if str(_field(row, "q_lang", path, where)) != lang:
             continue
@@ -425,7 +430,7 @@ def drop_leaked(train: list, held_out: list) -> tuple[list, int]:
 def load_image(path: Path, size: int) -> torch.Tensor:
     """uint8 ``(3, size, size)``: :func:`medvtab.data.images.read_image` (bilinear, bombs refused, more than 8 bits
     rescaled), grey replicated to three channels."""
-    image = torch.from_numpy(read_image(Path(path), size)).permute(2, 0, 1)
+    image = torch.from_numpy(np.array(read_image(Path(path), size))).permute(2, 0, 1)  # a writable copy
     return image.expand(3, -1, -1).contiguous()
 
 

@@ -123,7 +123,7 @@ def evaluate(run: Path, data: str, split: str = "test", *, out: Path | None = No
     train, _ = load_stage_items(config["stage"], config["data"], config["split"], opts, root,
                                 config.get("held_out", HELD_OUT), on_note=lambda _: None)
     candidates = vqa_data.closed_candidates(train)
-    features, rows = image_features(load_vision(opts.vision, opts.img_size), test, device=torch_device)
+    features, rows = image_features(load_vision(opts.vision, opts.img_size, opts.token_pool), test, device=torch_device)
     start = time.perf_counter()
     free, restricted = predict(model, tokenizer, features, rows, test, candidates)
     eval_seconds = time.perf_counter() - start

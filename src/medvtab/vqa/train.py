@@ -47,6 +47,7 @@ class StageOptions(BaseModel):
     vision: str = "tiny-general"
     lm: str = TINY
     img_size: Optional[int] = Field(None, ge=8)
+    token_pool: int = Field(1, ge=1)  # average the vision patch grid over k x k cells (medvtab.vqa.vision)
     fusion: Literal["qformer", "mlp"] = "mlp"
     num_queries: int = Field(32, ge=1)
     qformer_hidden: int = Field(128, ge=8)
@@ -73,7 +74,7 @@ class StageOptions(BaseModel):
                              self.qformer_dropout)
 
 
-INHERITED = ("vision", "lm", "img_size", "fusion", "num_queries", "qformer_hidden", "qformer_layers", "qformer_heads",
+INHERITED = ("vision", "lm", "img_size", "token_pool", "fusion", "num_queries", "qformer_hidden", "qformer_layers", "qformer_heads",
              "lora_r", "lora_targets")
 
 
@@ -279,6 +280,7 @@ def read_config(run: Path) -> dict:
     if not isinstance(config, dict) or config.get("stage") not in STAGES or "options" not in config:
         raise MedvtabError(f"{path}: not the config of a `medvtab vqa train` run")
     config["options"].setdefault("fusion", "qformer")  # runs from before the fusion option have a Q-Former
+    config["options"].setdefault("token_pool", 1)  # and the whole patch grid
     return config
 
 
@@ -336,7 +338,7 @@ def train_stage(stage: str, data: str, out: Path, opts: StageOptions, *, split: 
         lm, tokenizer = base_lm(opts, Path(init), None)
     else:
         lm, tokenizer = base_lm(opts, None, vocab_texts or texts_of(items))
-    encoder = load_vision(opts.vision, opts.img_size)
+    encoder = load_vision(opts.vision, opts.img_size, opts.token_pool)
     device = fabric.device if fabric is not None else run_device(opts.device)
     features, rows = image_features(encoder, items, device=device)
     shared = own_test_images(items, stage, data, held_out, root)
