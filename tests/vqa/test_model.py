@@ -186,7 +186,7 @@ def test_dynamer_run_as_vision_side(small_task, tmp_path, rad_items):
 
     opts = StageOptions(vision=f"dynamer:{run}", num_queries=4, epochs=1, limit=12)
     config = train_stage("finetune", "vqa-rad", tmp_path / "vqa", opts, on_note=lambda _: None)
-    assert (config["vision_width"], config["vision_tokens"]) == (192, 50)
+    assert (config["vision_width"], config["vision_tokens"]) == (192, 17)  # pooled 2x2 by default
     metrics = evaluate(tmp_path / "vqa", "vqa-rad", "test", limit=8, on_note=lambda _: None)
     assert metrics["vision"] == f"dynamer:{run}" and metrics["n"] == 8
 

@@ -47,7 +47,7 @@ def test_each_stage_continues_the_last(chain):
 def test_a_stage_refuses_a_different_model_than_its_init(chain, tmp_path):
     root, _ = chain
     opts = StageOptions(**dict(TINY, vision="tiny-medical"))
-    with pytest.raises(MedvtabError, match="option 'vision': the --init run was trained with 'tiny-general'"):
+    with pytest.raises(MedvtabError, match="option 'vision': the --init run was trained with 'tiny-radiology'"):
         train_stage("finetune", "vqa-rad", tmp_path / "x", opts, init=root / "vqa", given={"vision"})
     with pytest.raises(MedvtabError, match="output directory exists"):
         train_stage("finetune", "vqa-rad", root / "vqa", StageOptions(**TINY), init=root / "caption")

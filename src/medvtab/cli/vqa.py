@@ -17,14 +17,16 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 
 @app.callback()
-def threads(threads: int = typer.Option(1, min=1, help="torch CPU threads (default 1: the tiny models gain nothing "
-                                                        "from more, and two threads stall whenever a core is "
-                                                        "busy on a small shared machine).")):
+def threads(threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads (default: torch's, one per "
+                                                                   "core; on a machine whose cores other jobs "
+                                                                   "share, 1 avoids threads stalling each "
+                                                                   "other).")):
     # imported here, not at the top: keeps CLI start-up fast
     import torch
     hf_logging = require("transformers.utils.logging", extra="vqa", feature="medvtab vqa", package="transformers")
 
-    torch.set_num_threads(threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
     hf_logging.disable_progress_bar()  # per-file load/save bars of the tiny LM drown the stage notes
     # peft reads an attribute transformers 5 deprecates: nothing a user can act on
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
@@ -42,7 +44,7 @@ def train(
                                        "folder in one of their formats; several joined by '+', each with an "
                                        "optional :SPLIT (slake:train+slake:val+vqa-rad:train)."),
     out: Path = typer.Option(..., help="New run directory."),
-    vision: Optional[str] = typer.Option(None, help="Backbone spec (default tiny-general) or dynamer:RUN_DIR; "
+    vision: Optional[str] = typer.Option(None, help="Backbone spec (default tiny-radiology) or dynamer:RUN_DIR; "
                                                     "with --init, that run's."),
     lm: Optional[str] = typer.Option(None, help="'tiny' (default) or hf:PATH (a local transformers causal LM); "
                                                 "with --init, that run's."),
@@ -53,9 +55,9 @@ def train(
     batch_size: int = typer.Option(8, min=1),
     lr: float = typer.Option(2e-3, min=0.0),
     img_size: Optional[int] = typer.Option(None, min=8, help="Resample the backbone's position table to this "
-                                                             "input size (tiny backbones: 28 px)."),
+                                                             "input size (tiny-general, -medical: 28 px; tiny-radiology: 64 px)."),
     token_pool: Optional[int] = typer.Option(None, min=1, help="Average the vision patch grid over KxK cells before "
-                                                               "the fusion (fewer, coarser tokens; default 1)."),
+                                                               "the fusion (fewer, coarser tokens; default 2)."),
     fusion: Optional[str] = typer.Option(None, help="mlp (default: every vision token through a two-layer MLP) "
                                                     "or qformer (the paper's Q-Former)."),
     num_queries: Optional[int] = typer.Option(None, min=1, help="Q-Former queries (default 32)."),
