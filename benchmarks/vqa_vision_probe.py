@@ -7,7 +7,6 @@ docs/medvqa.md.
 """
 from __future__ import annotations
 
-import json
 import sys
 from collections import Counter
 
@@ -15,14 +14,14 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from medvtab.vqa import data as vqa_data
+from medvtab.vqa.radiology import slake_image_fields
 from medvtab.vqa.vision import load_vision
 
 
 def image_labels(split: str) -> dict:
-    """image path -> (modality, location), from the official JSON of one SLAKE split (English rows)."""
+    """image path -> (modality, location) of every image of one SLAKE split."""
     folder = vqa_data.set_folder("slake")
-    rows = json.loads((folder / f"{split}.json").read_text(encoding="utf-8"))
-    return {folder / "imgs" / r["img_name"]: (r["modality"], r["location"]) for r in rows if r["q_lang"] == "en"}
+    return {folder / "imgs" / name: pair for name, pair in slake_image_fields(folder, split).items()}
 
 
 def probe(spec: str, img_size: int | None, train: dict, test: dict) -> dict:

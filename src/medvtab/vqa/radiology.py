@@ -66,20 +66,23 @@ def _image_array(path: Path) -> np.ndarray:
     return vqa_data.load_image(path, SIZE).permute(1, 2, 0).numpy()
 
 
-def _slake_labels(folder: Path, split: str) -> dict[str, str]:
-    """SLAKE image name -> 'modality, location' from the fields of its questions (one pair per image)."""
+def slake_image_fields(folder: Path, split: str, lang: str = "en") -> dict[str, tuple[str, str]]:
+    """SLAKE image name (``xmlab1/source.jpg``) -> (modality, location), the fields its ``lang`` questions carry
+    (one pair per image, checked), in the order the split's file first names them."""
     path = folder / vqa_data.SLAKE_FILES[split]
-    labels: dict[str, set] = {}
+    fields: dict[str, set] = {}
     for i, row in enumerate(vqa_data.read_records(path)):
+        if row.get("q_lang") != lang:
+            continue
         try:
-            labels.setdefault(str(row["img_name"]), set()).add(f"{row['modality']}, {row['location']}")
+            fields.setdefault(str(row["img_name"]), set()).add((str(row["modality"]), str(row["location"])))
         except KeyError as err:
             raise MedvtabError(f"{path}: entry {i} has no field {err}") from None
-    clash = {name: sorted(v) for name, v in labels.items() if len(v) > 1}
+    clash = {name: sorted(v) for name, v in fields.items() if len(v) > 1}
     if clash:
         name, pairs = next(iter(clash.items()))
         raise MedvtabError(f"{path}: image {name} has questions with different modality/location: {pairs}")
-    return {name: f"SLAKE: {v.pop()}" for name, v in labels.items()}
+    return {name: v.pop() for name, v in fields.items()}
 
 
 def slake_part(root, held_out: list) -> tuple[dict[str, list], int]:
@@ -87,7 +90,8 @@ def slake_part(root, held_out: list) -> tuple[dict[str, list], int]:
     folder = vqa_data.set_folder("slake", root)
     out, dropped = {}, 0
     for split, part in (("train", "train"), ("val", "test")):
-        labels = _slake_labels(folder, split)
+        labels = {name: f"SLAKE: {modality}, {location}"
+                  for name, (modality, location) in slake_image_fields(folder, split).items()}
         items = list({i.image: i for i in vqa_data.load_vqa("slake", split, root=root)}.values())
         items, n = vqa_data.drop_leaked(items, held_out)
         dropped += n
